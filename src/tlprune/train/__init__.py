@@ -1,0 +1,1 @@
+"""Training: the optimisation loop, evaluation and the fine-tune job."""

@@ -1,0 +1,122 @@
+"""A plain supervised training loop on Accelerate with dev-loss checkpoint selection."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlprune.config import TrainConfig
+from tlprune.errors import TlpruneError
+from tlprune.train.evaluate import evaluate
+
+
+@dataclass
+class LoopResult:
+    best_dev: dict
+    best_step: int
+    steps: int
+    seconds: float
+
+
+def freeze_parts(model: Any, parts: list[str]) -> None:
+    """Stop gradients for named parts of the encoder (`word_embeddings`, `embeddings`)."""
+    emb = model.base_model.embeddings
+    for part in parts:
+        module = emb if part == "embeddings" else emb.word_embeddings
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+
+
+def train_classifier(
+    model: Any,
+    train_loader: Any,
+    dev_loader: Any,
+    cfg: TrainConfig,
+    num_labels: int,
+    accelerator: Any,
+    log_path: Path | None = None,
+    desc: str = "fine-tune",
+) -> LoopResult:
+    """Train with AdamW (constant lr after optional linear warm-up), evaluate dev at each epoch
+    (or every `cfg.eval_every` steps), and leave the model at its lowest-dev-loss state."""
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = total_steps(cfg, len(train_loader))
+    scheduler = get_scheduler(
+        "constant_with_warmup", optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps)
+    )
+    model, optimizer, train_loader, dev_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, dev_loader, scheduler
+    )
+    eval_every = cfg.eval_every or max(1, len(train_loader) // cfg.grad_accum)
+    best: dict | None = None
+    best_state: dict | None = None
+    best_step = 0
+    step = 0
+    start = time.perf_counter()
+    log = open(log_path, "a") if log_path and accelerator.is_main_process else None  # noqa: SIM115
+    bar = tqdm(total=steps, desc=desc, disable=not accelerator.is_local_main_process)
+    try:
+        while step < steps:
+            model.train()
+            for batch in train_loader:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    if not torch.isfinite(loss):
+                        raise TlpruneError(
+                            f"training loss became {loss.item()} at step {step}: lower train.lr "
+                            "or check the data for broken labels"
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.grad_clip:
+                        accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if log:
+                    log.write(json.dumps({"phase": desc, "step": step, "loss": loss.item()}) + "\n")
+                if step % eval_every == 0 or step == steps:
+                    dev = evaluate(model, dev_loader, num_labels, accelerator)
+                    model.train()
+                    if log:
+                        log.write(json.dumps({"phase": desc, "step": step, "dev": dev}) + "\n")
+                    if best is None or dev["loss"] < best["loss"]:
+                        best, best_step = dev, step
+                        state = accelerator.unwrap_model(model).state_dict()
+                        best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+                if step >= steps:
+                    break
+    finally:
+        bar.close()
+        if log:
+            log.close()
+    assert best is not None and best_state is not None
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.load_state_dict(best_state)
+    return LoopResult(
+        best_dev=copy.deepcopy(best),
+        best_step=best_step,
+        steps=step,
+        seconds=time.perf_counter() - start,
+    )
