@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from tlprune.config import DataConfig, ModelConfig, RunConfig
+from tlprune.config import DataConfig, ModelConfig, PruneConfig, RunConfig
 from tlprune.train.finetune import FinetuneResult, run_finetune
+from tlprune.train.prune_job import PruneResult, run_prune
 
 
 def finetune(
@@ -23,7 +24,11 @@ def finetune(
 
     Arguments given here override the matching fields of `config` (default: RunConfig()).
     """
-    cfg = config or RunConfig()
+    cfg = _with_common(config or RunConfig(), model, target, budget, seed, out, smoke)
+    return run_finetune(cfg)
+
+
+def _with_common(cfg, model, target, budget, seed, out, smoke) -> RunConfig:
     if model is not None:
         cfg = replace(cfg, model=ModelConfig(name=model))
     if target is not None or budget is not None:
@@ -41,7 +46,63 @@ def finetune(
         cfg = replace(cfg, out=str(out))
     if smoke is not None:
         cfg = replace(cfg, smoke=smoke)
-    return run_finetune(cfg)
+    return cfg
 
 
-__all__ = ["DataConfig", "FinetuneResult", "ModelConfig", "RunConfig", "finetune"]
+def prune(
+    model: str | None = None,
+    target: str | None = None,
+    budget: int | None = None,
+    sparsity: float | None = None,
+    preset: str | None = None,
+    seed: int | None = None,
+    out: str | Path | None = None,
+    *,
+    config: RunConfig | None = None,
+    smoke: bool | None = None,
+    resume: bool = False,
+) -> PruneResult | FinetuneResult:
+    """Prune `model` for `target` to `sparsity` using `budget` labelled examples.
+
+    `preset="finetune"` trains the dense baseline instead (a FinetuneResult). Arguments given
+    here override the matching fields of `config`.
+    """
+    from tlprune.presets import apply_preset
+
+    cfg = config or RunConfig()
+    if preset is not None:
+        cfg = apply_preset(cfg, preset)
+    if sparsity is not None:
+        cfg = replace(cfg, prune=replace(cfg.prune, sparsity=sparsity))
+    cfg = _with_common(cfg, model, target, budget, seed, out, smoke)
+    if cfg.preset == "finetune":
+        return run_finetune(cfg)
+    return run_prune(cfg, resume=resume)
+
+
+def evaluate(model_dir: str | Path, target: str, **data: object) -> dict:
+    """Test metrics of a saved model (dense or pruned) on `target`'s test split."""
+    from tlprune.train.eval_job import run_eval
+
+    return run_eval(model_dir, DataConfig(target=target, budget=None, **data))  # type: ignore[arg-type]
+
+
+def load(model_dir: str | Path):
+    """(model, tokenizer) of a saved pruned model, in float32, without trust_remote_code."""
+    from tlprune.surgery import load as _load
+
+    return _load(model_dir)
+
+
+__all__ = [
+    "DataConfig",
+    "FinetuneResult",
+    "ModelConfig",
+    "PruneConfig",
+    "PruneResult",
+    "RunConfig",
+    "evaluate",
+    "finetune",
+    "load",
+    "prune",
+]

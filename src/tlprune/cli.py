@@ -145,24 +145,90 @@ def _not_built(command: str, issue: str) -> None:
     raise TlpruneError(f"`tlprune {command}` is not built yet ({issue}); use `tlprune finetune`")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def prune() -> None:
-    """Prune a model under a parameter budget (not built yet)."""
-    _not_built("prune", "it lands with the pruning engine")
+SparsityOpt = Annotated[
+    float | None, typer.Option("--sparsity", help="Fraction of encoder params to remove.")
+]
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", help="finetune | cofi | cofi-distill (configs/presets).")
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")
+]
 
 
-@app.command(
-    name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
-def eval_() -> None:
-    """Evaluate a saved model on a target (not built yet)."""
-    _not_built("eval", "it lands with the pruning engine")
+@app.command()
+def prune(
+    model: ModelOpt = None,
+    target: TargetOpt = None,
+    aux: AuxOpt = None,
+    budget: BudgetOpt = None,
+    sparsity: SparsityOpt = None,
+    preset: PresetOpt = None,
+    seed: SeedOpt = None,
+    out: OutOpt = None,
+    config: ConfigOpt = None,
+    smoke: SmokeOpt = False,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+    overrides: Overrides = None,
+) -> None:
+    """Prune a model to a parameter budget on the target's data budget; save the small model."""
+    from tlprune.api import prune as run
+    from tlprune.config import RunConfig, build_config, load_yaml
+    from tlprune.presets import preset_dict
+    from tlprune.report import print_metrics, print_prune_report
+
+    if aux:
+        raise TlpruneError(
+            "--aux is not built yet (it lands with the transfer presets); drop it for now"
+        )
+    name = preset or (load_yaml(config).get("preset") if config else None) or "cofi"
+    flags = _flags(model, target, budget, seed, out, smoke, overwrite)
+    if sparsity is not None:
+        flags["prune"] = {"sparsity": sparsity}
+    cfg = build_config(RunConfig, config, flags, overrides, base=preset_dict(name))
+    result = run(config=cfg, resume=resume)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    if hasattr(result, "report"):
+        print_prune_report(result.report, result.out_dir)
+    else:
+        print_metrics(result.metrics, result.out_dir)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def export() -> None:
-    """Export a pruned model to ONNX (not built yet)."""
-    _not_built("export", "it lands with physical pruning")
+@app.command(name="eval")
+def eval_(
+    model_dir: Annotated[Path, typer.Argument(help="A saved model directory.")],
+    target: Annotated[str, typer.Option("--target", help="Dataset to test on.")],
+    overrides: Overrides = None,
+) -> None:
+    """Evaluate a saved model (dense or pruned) on a target's test split."""
+    import json
+
+    from tlprune.config import DataConfig, build_config
+    from tlprune.train.eval_job import run_eval
+
+    data = build_config(DataConfig, flags={"target": target, "budget": None}, overrides=overrides)
+    print(json.dumps(run_eval(model_dir, data), indent=2))
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="A pruned model directory.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (ONNX Runtime).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Output file.")] = None,
+) -> None:
+    """Export a pruned model; `--onnx` writes an ONNX graph checked in onnxruntime."""
+    from tlprune.surgery import export_onnx
+
+    if not onnx:
+        raise TlpruneError("choose an export format: --onnx")
+    if not (model_dir / "config.json").is_file():
+        raise TlpruneError(f"{model_dir} has no config.json: give a saved model directory")
+    path = export_onnx(model_dir, out or model_dir / "model.onnx")
+    print(f"wrote {path}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

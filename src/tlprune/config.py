@@ -99,13 +99,79 @@ class TrainConfig:
             raise ConfigError(f"train.freeze: unknown part(s) {bad}; choose from {sorted(known)}")
 
 
+GATE_KINDS = ("head", "mha", "ffn_unit", "ffn", "hidden")
+
+
+def _warm() -> TrainConfig:
+    return TrainConfig(epochs=4.0)
+
+
+def _prune_phase() -> TrainConfig:
+    # 600 steps: Adam moves a log-alpha by ~lr per step, so gates need a few hundred steps to
+    # close whatever the budget (DESIGN 2.2); CoFi's weight lr for this phase is 2e-5.
+    return TrainConfig(lr=2e-5, max_steps=600, eval_every=25)
+
+
+def _final() -> TrainConfig:
+    return TrainConfig(lr=3e-5, batch_size=64, epochs=20.0)
+
+
+@dataclass
+class PruneConfig:
+    """Structured pruning: which units, how sparse, and the phases around the gate training."""
+
+    sparsity: float = 0.8  # fraction of the encoder's attention + FFN parameters removed
+    kinds: list[str] = field(default_factory=lambda: list(GATE_KINDS))
+    gate_lr: float = 1e-2  # log-alphas (and the Lagrange multipliers)
+    init_log_alpha: float = 0.0  # keep probability sigmoid(0 + 1.6) = 0.83
+    target_warmup: float = 0.3  # fraction of the prune phase over which the target ramps up
+    checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
+    warm: TrainConfig = field(default_factory=_warm)  # dense fine-tune before gates
+    prune: TrainConfig = field(default_factory=_prune_phase)  # gates + weights
+    final: TrainConfig = field(default_factory=_final)  # the small model, after surgery
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sparsity < 1.0:
+            raise ConfigError(
+                f"prune.sparsity must be in (0, 1) (the fraction removed), got {self.sparsity}"
+            )
+        bad = [k for k in self.kinds if k not in GATE_KINDS]
+        if bad or not self.kinds:
+            raise ConfigError(f"prune.kinds: unknown {bad}; choose from {list(GATE_KINDS)}")
+        if not 0.0 <= self.target_warmup <= 1.0:
+            raise ConfigError(f"prune.target_warmup must be in [0, 1], got {self.target_warmup}")
+        if self.gate_lr <= 0 or self.checkpoint_every < 1:
+            raise ConfigError("prune.gate_lr must be positive and prune.checkpoint_every >= 1")
+
+
+@dataclass
+class DistillConfig:
+    """Distillation from a dense teacher fine-tuned on the same budget (CoFi-style)."""
+
+    enabled: bool = False
+    teacher: str | None = None  # a fine-tuned model directory; None: fine-tune one first
+    temperature: float = 2.0
+    ce_weight: float = 0.0  # hard-label CE; CoFi drops it when distilling, and so do we
+    kl_weight: float = 0.1  # logit KL (CoFi's distill_ce_loss_alpha)
+    layer_weight: float = 0.9  # layerwise hidden-state MSE (CoFi's distill_loss_alpha)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be positive, got {self.temperature}")
+        if min(self.ce_weight, self.kl_weight, self.layer_weight) < 0:
+            raise ConfigError("distill weights must be >= 0")
+
+
 @dataclass
 class RunConfig:
     """A whole run: what to start from, what data, how to train, where to write."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # dense fine-tune and teacher
+    preset: str = "cofi"
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
     out: str | None = None
     overwrite: bool = False  # replace an existing output directory
@@ -256,9 +322,13 @@ def build_config(
     file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> T:
-    """Defaults < config file < command-line flags < dotted overrides, validated once at the end."""
+    """Defaults < `base` (a preset) < config file < command-line flags < dotted overrides,
+    validated once at the end."""
     data: dict[str, Any] = to_dict(cls())
+    if base:
+        data = merge(data, base)
     if file is not None:
         data = merge(data, load_yaml(file))
     if flags:

@@ -34,3 +34,45 @@ def print_metrics(metrics: dict, out_dir: Path | None) -> None:
         console.print("[yellow]smoke run: a few steps only, metrics are not meaningful[/yellow]")
     if out_dir is not None:
         console.print(f"saved to {out_dir}")
+
+
+def print_prune_report(report: dict, out_dir: Path | None) -> None:
+    """Sparsity, size and dev/test metrics of a prune run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    sp, p, b = report["sparsity"], report["params"], report["budget"]
+    title = (
+        f"{report['preset']}: {report['model']} on {report['target']}, budget {b['size']} "
+        f"({b['train']} train + {b['dev']} dev), seed {report['seed']}"
+    )
+    table = Table("", "dense", "pruned", title=title)
+    for key, label in (
+        ("total", "params"),
+        ("prunable", "prunable params"),
+        ("num_layers", "layers"),
+        ("heads", "heads"),
+        ("ffn_units", "FFN units"),
+        ("hidden", "hidden"),
+    ):
+        table.add_row(label, f"{p['dense'][key]:,}", f"{p['pruned'][key]:,}")
+    console.print(table)
+    console.print(
+        f"sparsity: target {sp['target']:.3f}, achieved {sp['achieved']:.4f}, expected at end "
+        f"of pruning {sp['expected_at_end']:.3f}"
+    )
+    dev, test = report["dev"]["final"], report["test"]
+    console.print(
+        f"dev (final) accuracy {dev['accuracy']:.2%} loss {dev['loss']:.4f}; "
+        f"test accuracy {test['accuracy']:.2%}, macro-F1 {test['macro_f1']:.3f} (n={test['n']})"
+    )
+    console.print(
+        "seconds per phase: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
+    )
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning: {w}[/yellow]")
+    if report.get("smoke"):
+        console.print("[yellow]smoke run: a few steps only, metrics are not meaningful[/yellow]")
+    if out_dir is not None:
+        console.print(f"saved to {out_dir}")

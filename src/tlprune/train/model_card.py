@@ -1,0 +1,52 @@
+"""The model card (README.md) saved with every pruned model."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from tlprune.config import RunConfig
+
+
+def model_card(report: dict, cfg: RunConfig) -> str:
+    """Base model, data budget, sparsity, metrics and the exact command, in Markdown."""
+    sp, p = report["sparsity"], report["params"]
+    b = report["budget"]
+    dense, pruned = p["dense"], p["pruned"]
+    command = " ".join(shlex.quote(a) for a in ["tlprune", *sys.argv[1:]])
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags: [tlprune, structured-pruning]",
+        "---",
+        f"# {report['target']} classifier pruned from `{report['model']}`",
+        "",
+        f"Structured pruning with tlprune (preset `{report['preset']}`), seed {report['seed']}.",
+        "",
+        "| | value |",
+        "|---|---|",
+        f"| base model | `{report['model']}` |",
+        f"| target task | {report['target']} ({', '.join(report['labels'])}) |",
+        f"| labelled data budget | {b['size']} ({b['train']} train + {b['dev']} dev) |",
+        f"| target / achieved sparsity | {sp['target']:.2f} / {sp['achieved']:.4f} |",
+        f"| prunable params kept | {sp['kept_params']:,} (budget {sp['budget_params']:,}) |",
+        f"| total params | {pruned['total']:,} (dense {dense['total']:,}) |",
+        f"| layers, heads, FFN units, hidden | {pruned['num_layers']}, {pruned['heads']}, "
+        f"{pruned['ffn_units']}, {pruned['hidden']} |",
+        f"| test accuracy | {report['test']['accuracy']:.4f} (n={report['test']['n']}) |",
+        f"| test macro-F1 | {report['test']['macro_f1']:.4f} |",
+        f"| distillation | {'yes' if report['distill'] else 'no'} |",
+        "",
+        "Load it with `AutoModelForSequenceClassification.from_pretrained(dir, "
+        "trust_remote_code=True)` (the modelling file is saved beside the weights) or "
+        "`tlprune.load(dir)`.",
+        "",
+        "Command:",
+        "",
+        f"    {command}",
+        "",
+    ]
+    if report.get("smoke"):
+        lines.insert(6, "**Smoke run: a few steps only; the metrics are not meaningful.**\n")
+    return "\n".join(lines)

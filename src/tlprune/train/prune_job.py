@@ -1,0 +1,342 @@
+"""The prune job: [teacher] -> warm fine-tune -> prune -> physical prune -> final fine-tune.
+
+Work happens in `<out>.partial/` (teacher, warm model, checkpoints); `--resume` continues a
+killed run from there. Only a finished run is renamed to `<out>`: a model directory that
+`from_pretrained` loads, with its masks, config, report and model card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tlprune.config import RunConfig, to_dict
+from tlprune.data.collate import ClassificationCollator, truncated_fraction
+from tlprune.data.metrics import classification_metrics
+from tlprune.data.sources import load_task
+from tlprune.data.split import draw_budget
+from tlprune.errors import TlpruneError
+from tlprune.models import load_classifier, load_tokenizer, resolve_model
+from tlprune.paths import atomic_dir
+from tlprune.train.checkpoint import CheckpointManager
+from tlprune.train.evaluate import predict
+from tlprune.train.finetune import make_loaders, smoke_train
+from tlprune.train.loop import freeze_parts, train_classifier
+
+SMOKE_PRUNE_STEPS = 4
+
+
+@dataclass
+class PruneResult:
+    """A finished prune run: the small model, its report and its directory."""
+
+    model: Any
+    tokenizer: Any
+    report: dict
+    out_dir: Path
+
+
+def default_out(cfg: RunConfig) -> Path:
+    target = Path(cfg.data.target).stem if "/" in cfg.data.target else cfg.data.target
+    return Path("runs") / (
+        f"{cfg.preset}-{target}-b{cfg.data.budget}-s{cfg.prune.sparsity}-seed{cfg.seed}"
+    )
+
+
+def smoke_config(cfg: RunConfig) -> RunConfig:
+    """Every phase a few steps: an end-to-end check in about a minute."""
+    pc = cfg.prune
+    prune = dataclasses.replace(
+        pc,
+        warm=smoke_train(pc.warm),
+        prune=dataclasses.replace(pc.prune, max_steps=SMOKE_PRUNE_STEPS, eval_every=2),
+        final=smoke_train(pc.final),
+        target_warmup=0.25,
+        checkpoint_every=2,
+    )
+    return dataclasses.replace(cfg, train=smoke_train(cfg.train), prune=prune)
+
+
+def check_workdir(cfg: RunConfig, out: Path, resume: bool) -> Path:
+    """Check `out` and its `.partial` sibling against --overwrite/--resume; return the workdir.
+
+    Changes nothing: every process checks before the main one starts the workdir.
+    """
+    work = out.with_name(out.name + ".partial")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
+        raise TlpruneError(f"output {out} already exists: choose another --out or pass --overwrite")
+    if resume:
+        saved = work / "config.yaml"
+        if not saved.is_file():
+            raise TlpruneError(f"nothing to resume at {work}: run without --resume to start")
+        old = yaml.safe_load(saved.read_text())
+        new = _comparable(to_dict(cfg))
+        diff = sorted(
+            k for k in set(_flat(old)) | set(_flat(new)) if _flat(old).get(k) != _flat(new).get(k)
+        )
+        if diff:
+            raise TlpruneError(
+                f"--resume with a different config (keys {diff[:5]}): resume with the same "
+                "command, or start again with --overwrite"
+            )
+        return work
+    if work.exists() and not cfg.overwrite:
+        raise TlpruneError(
+            f"an interrupted run is at {work}: pass --resume to continue it or --overwrite "
+            "to start again"
+        )
+    return work
+
+
+def start_workdir(cfg: RunConfig, work: Path) -> None:
+    """A fresh workdir holding the run's config (compared on --resume)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(_comparable(to_dict(cfg)), sort_keys=False))
+
+
+def _comparable(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in ("overwrite",)}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_architecture(name: str) -> None:
+    """Fail before any work when the model's architecture has no adapter."""
+    from transformers import AutoConfig
+
+    from tlprune.arch import get_adapter
+
+    ref = resolve_model(name)
+    try:
+        model_type = AutoConfig.from_pretrained(ref).model_type
+    except (OSError, ValueError) as exc:
+        raise TlpruneError(f"cannot read the config of model {name!r}: {exc}") from None
+    get_adapter(model_type)
+
+
+def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> PruneResult:
+    """Prune `cfg.model` for `cfg.data` under `cfg.prune` and save the small model."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForSequenceClassification
+
+    from tlprune.arch import from_hf, unit_sizes
+    from tlprune.gates import GateConfig, GateSet
+    from tlprune.modeling import TlpruneForSequenceClassification
+    from tlprune.surgery import param_report, prune_model
+    from tlprune.train.distill import Distiller
+    from tlprune.train.prune_phase import run_prune_phase
+
+    started = time.perf_counter()
+    if cfg.smoke:
+        cfg = smoke_config(cfg)
+    out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
+    check_architecture(cfg.model.name)
+    task = load_task(cfg.data)
+    budget = draw_budget(
+        task.train["label"], cfg.data.budget, cfg.seed, cfg.data.dev_fraction, task.num_labels
+    )
+    accelerator = Accelerator(mixed_precision=cfg.prune.prune.mixed_precision)
+    work = check_workdir(cfg, out, resume)
+    accelerator.wait_for_everyone()
+    if not resume and accelerator.is_main_process:
+        start_workdir(cfg, work)
+    accelerator.wait_for_everyone()
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model.name)
+    train_dl, dev_dl, test_dl = make_loaders(task, budget, tokenizer, cfg, cfg.smoke)
+    log_path = work / "log.jsonl"
+    seconds: dict[str, float] = {}
+
+    # -- teacher --------------------------------------------------------------------------------
+    teacher = None
+    if cfg.distill.enabled:
+        t0 = time.perf_counter()
+        tdir = Path(cfg.distill.teacher) if cfg.distill.teacher else work / "teacher"
+        if not (tdir / "config.json").is_file():
+            if cfg.distill.teacher:
+                raise TlpruneError(f"teacher {tdir} has no config.json: give a model directory")
+            dense = load_classifier(cfg.model.name, task.label_names)
+            freeze_parts(dense, cfg.train.freeze)
+            train_classifier(
+                dense,
+                train_dl,
+                dev_dl,
+                cfg.train,
+                task.num_labels,
+                accelerator,
+                log_path,
+                desc="teacher",
+            )
+            _save_main(accelerator, accelerator.unwrap_model(dense), tdir)
+        teacher = AutoModelForSequenceClassification.from_pretrained(tdir).eval()
+        seconds["teacher"] = time.perf_counter() - t0
+
+    # -- warm fine-tune -------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    warm_dir = work / "warm"
+    if (warm_dir / "config.json").is_file():
+        model = TlpruneForSequenceClassification.from_pretrained(warm_dir)
+    else:
+        model = from_hf(load_classifier(cfg.model.name, task.label_names))
+        freeze_parts(model, cfg.prune.warm.freeze)
+        train_classifier(
+            model,
+            train_dl,
+            dev_dl,
+            cfg.prune.warm,
+            task.num_labels,
+            accelerator,
+            log_path,
+            desc="warm",
+        )
+        model = accelerator.unwrap_model(model)
+        _save_main(accelerator, model, warm_dir)
+    seconds["warm"] = time.perf_counter() - t0
+    dense_report = param_report(model)
+
+    # -- prune ----------------------------------------------------------------------------------
+    freeze_parts(model, cfg.prune.prune.freeze)
+    sizes = unit_sizes(model.config)
+    gates = GateSet(
+        GateConfig(kinds=list(cfg.prune.kinds), init_log_alpha=cfg.prune.init_log_alpha),
+        sizes,
+        seed=cfg.seed,
+    )
+    distiller = None
+    if teacher is not None:
+        distiller = Distiller(
+            cfg.distill, model.config.hidden_size, teacher.config.num_hidden_layers
+        )
+    collate = ClassificationCollator(tokenizer, task.max_length)
+    phase = run_prune_phase(
+        model,
+        gates,
+        task.train.select(budget.train),
+        collate,
+        dev_dl,
+        cfg,
+        task.num_labels,
+        accelerator,
+        CheckpointManager(work / "checkpoints"),
+        resume,
+        teacher,
+        distiller,
+        log_path,
+        on_step,
+    )
+    seconds["prune"] = phase.seconds
+
+    # -- surgery and final fine-tune -------------------------------------------------------------
+    t0 = time.perf_counter()
+    small = prune_model(accelerator.unwrap_model(model).cpu(), phase.masks.masks)
+    loop = train_classifier(
+        small,
+        *_final_loaders(task, budget, tokenizer, cfg),
+        cfg.prune.final,
+        task.num_labels,
+        accelerator,
+        log_path,
+        desc="final",
+    )
+    small = accelerator.unwrap_model(small)
+    seconds["final"] = time.perf_counter() - t0
+
+    logits, labels = predict(small, accelerator.prepare(test_dl), accelerator, desc="test")
+    test = classification_metrics(logits, labels, task.num_labels)
+    small_report = param_report(small)
+    seconds["total"] = time.perf_counter() - started
+    report = {
+        "preset": cfg.preset,
+        "model": cfg.model.name,
+        "target": task.name,
+        "labels": task.label_names,
+        "seed": cfg.seed,
+        "budget": {"size": budget.size, "train": len(budget.train), "dev": len(budget.dev)},
+        "sparsity": {
+            "target": cfg.prune.sparsity,
+            "achieved": phase.masks.sparsity,
+            "expected_at_end": phase.expected_sparsity,
+            "budget_params": phase.masks.budget,
+            "kept_params": phase.masks.size,
+            "notes": phase.masks.notes,
+        },
+        "params": {"dense": dense_report, "pruned": small_report},
+        "dev": {"prune": phase.best_dev, "final": loop.best_dev},
+        "test": test,
+        "steps": {"prune": phase.steps, "prune_best": phase.best_step, "final": loop.steps},
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "truncated_fraction": {
+            "test": truncated_fraction(tokenizer, task.test, task.max_length),
+        },
+        "warnings": phase.warnings,
+        "distill": cfg.distill.enabled,
+        "processes": accelerator.num_processes,
+        "smoke": cfg.smoke,
+        "notes": task.notes,
+    }
+    if accelerator.is_main_process:
+        _write_outputs(
+            work, out, small, tokenizer, cfg, report, phase.masks.masks, logits, labels, budget
+        )
+    return PruneResult(model=small, tokenizer=tokenizer, report=report, out_dir=out)
+
+
+def _save_main(accelerator, model, path: Path) -> None:
+    """Save a model directory atomically from the main process; everyone waits for it."""
+    if accelerator.is_main_process:
+        with atomic_dir(path, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
+
+
+def _final_loaders(task, budget, tokenizer, cfg: RunConfig):
+    final_cfg = dataclasses.replace(cfg, train=cfg.prune.final)
+    train_dl, dev_dl, _ = make_loaders(task, budget, tokenizer, final_cfg, cfg.smoke)
+    return train_dl, dev_dl
+
+
+def _write_outputs(work, out, small, tokenizer, cfg, report, masks, logits, labels, budget):
+    from safetensors.torch import save_file
+
+    from tlprune.surgery import save_pruned
+    from tlprune.train.model_card import model_card
+
+    final = work / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    extra = {
+        "prune_report.json": json.dumps(report, indent=2),
+        "config.yaml": yaml.safe_dump(to_dict(cfg), sort_keys=False),
+        "README.md": model_card(report, cfg),
+    }
+    save_pruned(small, tokenizer, final, extra)
+    save_file({k: v.contiguous().float() for k, v in masks.items()}, final / "masks.safetensors")
+    np.savez_compressed(
+        final / "predictions.npz",
+        test_logits=logits.astype(np.float32),
+        test_labels=labels,
+        budget_train=budget.train,
+        budget_dev=budget.dev,
+    )
+    shutil.copyfile(work / "log.jsonl", final / "log.jsonl")
+    if out.exists():
+        shutil.rmtree(out)
+    final.replace(out)
+    shutil.rmtree(work)

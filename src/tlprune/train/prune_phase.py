@@ -1,0 +1,284 @@
+"""The pruning phase: weights, hard-concrete gates and Lagrange multipliers trained together.
+
+The target sparsity ramps from 0 over the warm-up, then holds. After the warm-up, dev is
+evaluated with the exact-budget binary masks of the moment (what would ship), and the best
+(lowest dev loss) weights and masks are kept. Checkpoints make the phase resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tlprune.config import RunConfig
+from tlprune.errors import TlpruneError
+from tlprune.gates import FinalMasks, GateSet, Lagrangian, TargetSchedule, final_masks
+from tlprune.gates.lagrangian import check_sparsity, make_gate_optimizers
+from tlprune.train.checkpoint import CheckpointManager, Progress
+from tlprune.train.evaluate import evaluate
+from tlprune.train.loop import total_steps
+from tlprune.train.sampler import EpochShuffle
+
+
+class GatedModel(nn.Module):
+    """The full-size encoder with its gates, Lagrangian and distiller: one module to prepare."""
+
+    def __init__(self, model: nn.Module, gates: GateSet, lagrangian: Lagrangian, distiller=None):
+        super().__init__()
+        self.model = model
+        self.gates = gates
+        self.lagrangian = lagrangian
+        self.distiller = distiller
+
+    def forward(self, batch: dict, target: float, teacher_out: Any = None):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        labels = batch["labels"]
+        z = self.gates()
+        distil = self.distiller is not None and teacher_out is not None
+        out = self.model(**inputs, gates=z, output_hidden_states=distil)
+        parts: dict[str, torch.Tensor] = {}
+        if distil:
+            mha = z.get("mha")
+            n_layers = len(out.hidden_states) - 1
+            open_layers = [i for i in range(n_layers) if mha is None or float(mha[i].detach()) > 0]
+            d = self.distiller(
+                out.logits,
+                out.hidden_states,
+                teacher_out.logits,
+                teacher_out.hidden_states,
+                labels,
+                inputs["attention_mask"],
+                open_layers,
+            )
+            task = d.pop("loss")
+            parts.update({k: v.detach() for k, v in d.items()})
+        else:
+            task = F.cross_entropy(out.logits, labels)
+        s_hat = self.gates.expected_sparsity().to(task.dtype)
+        lag = self.lagrangian(s_hat, target)
+        parts.update(task=task.detach(), lagrangian=lag.detach(), expected_sparsity=s_hat.detach())
+        return task + lag, parts
+
+
+class WithMasks(nn.Module):
+    """The model under fixed binary gates, callable like any classifier (for evaluation)."""
+
+    def __init__(self, model: nn.Module, gates: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.z = gates
+
+    def forward(self, **batch):
+        return self.model(**batch, gates=self.z)
+
+
+@dataclass
+class PrunePhaseResult:
+    masks: FinalMasks
+    best_dev: dict
+    best_step: int
+    steps: int
+    expected_sparsity: float
+    target: float
+    seconds: float
+    warnings: list[str]
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def run_prune_phase(
+    model: nn.Module,
+    gates: GateSet,
+    train_ds: Any,
+    collate: Any,
+    dev_loader: Any,
+    cfg: RunConfig,
+    num_labels: int,
+    accelerator: Any,
+    ckpt: CheckpointManager,
+    resume: bool,
+    teacher: nn.Module | None = None,
+    distiller: nn.Module | None = None,
+    log_path: Path | None = None,
+    on_step: Any = None,
+) -> PrunePhaseResult:
+    """Train weights and gates against task loss + Lagrangian; leave `model` at its best
+    dev state and return the exact-budget masks chosen with it."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    pc, phase = cfg.prune, cfg.prune.prune
+    sampler = EpochShuffle(len(train_ds), cfg.seed)
+    loader = DataLoader(train_ds, batch_size=phase.batch_size, sampler=sampler, collate_fn=collate)
+    steps = total_steps(phase, len(loader))
+    schedule = TargetSchedule(pc.sparsity, round(pc.target_warmup * steps))
+    hold_from = schedule.warmup_steps
+    eval_every = phase.eval_every or max(1, len(loader) // phase.grad_accum)
+
+    lagrangian = Lagrangian()
+    gm = GatedModel(model, gates, lagrangian, distiller)
+    weights = [p for p in model.parameters() if p.requires_grad]
+    if distiller is not None:
+        weights += list(distiller.parameters())
+    w_opt = torch.optim.AdamW(weights, lr=phase.lr, weight_decay=phase.weight_decay)
+    gate_opt, lambda_opt = make_gate_optimizers(gates, lagrangian, pc.gate_lr)
+    gm, w_opt, gate_opt, lambda_opt, loader, dev_loader = accelerator.prepare(
+        gm, w_opt, gate_opt, lambda_opt, loader, dev_loader
+    )
+    inner: GatedModel = accelerator.unwrap_model(gm)
+    if teacher is not None:
+        teacher = accelerator.prepare_model(teacher, evaluation_mode=True).eval()
+
+    progress = Progress()
+    best_state: dict[str, torch.Tensor] | None = None
+    best_masks: dict[str, torch.Tensor] | None = None
+    modules = {"gated": inner}
+    optimizers = {"weights": w_opt, "gates": gate_opt, "lambdas": lambda_opt}
+    latest = ckpt.latest() if resume else None
+    if latest is not None:
+        progress = ckpt.load(latest, modules, optimizers)
+        if (latest / "best_model.safetensors").is_file():
+            best_state = load_file(latest / "best_model.safetensors")
+            best_masks = load_file(latest / "best_masks.safetensors")
+
+    def sizes_masks() -> FinalMasks:
+        probs = {k: v.detach().cpu() for k, v in inner.gates.keep_probs().items()}
+        return final_masks(probs, inner.gates.sizes, pc.sparsity)
+
+    def save_checkpoint() -> None:
+        extra = {}
+        if best_state is not None:
+            extra["best_model.safetensors"] = lambda p: save_file(best_state, p)
+            extra["best_masks.safetensors"] = lambda p: save_file(
+                {k: v.contiguous() for k, v in best_masks.items()}, p
+            )
+        if accelerator.is_main_process:
+            ckpt.save(progress, modules, optimizers, extra)
+        accelerator.wait_for_everyone()
+
+    started = time.perf_counter()
+    log = open(log_path, "a") if log_path and accelerator.is_main_process else None  # noqa: SIM115
+    bar = tqdm(
+        total=steps,
+        initial=progress.step,
+        desc="prune",
+        disable=not accelerator.is_local_main_process,
+    )
+    try:
+        while progress.step < steps:
+            sampler.set_epoch(progress.epoch)
+            batches = (
+                accelerator.skip_first_batches(loader, progress.batch_in_epoch)
+                if progress.batch_in_epoch
+                else loader
+            )
+            gm.train()
+            for batch in batches:
+                target = schedule(progress.step)
+                teacher_out = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        inputs = {k: v for k, v in batch.items() if k != "labels"}
+                        teacher_out = teacher(**inputs, output_hidden_states=True)
+                with accelerator.accumulate(gm):
+                    loss, parts = gm(batch, target, teacher_out)
+                    if not torch.isfinite(loss):
+                        raise TlpruneError(
+                            f"pruning loss became {loss.item()} at step {progress.step}: lower "
+                            "prune.prune.lr or prune.gate_lr; the last good checkpoint is kept"
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and phase.grad_clip:
+                        accelerator.clip_grad_norm_(weights, phase.grad_clip)
+                    for opt in (w_opt, gate_opt, lambda_opt):
+                        opt.step()
+                        opt.zero_grad()
+                inner.gates.clamp_()
+                progress.batch_in_epoch += 1
+                if not accelerator.sync_gradients:
+                    continue
+                progress.step += 1
+                bar.update(1)
+                s_hat = float(parts["expected_sparsity"])
+                bar.set_postfix(
+                    loss=f"{float(parts['task']):.3f}", s=f"{s_hat:.3f}", t=f"{target:.3f}"
+                )
+                if log:
+                    row = {k: float(v) for k, v in parts.items()}
+                    row.update(
+                        phase="prune",
+                        step=progress.step,
+                        target=target,
+                        lambda1=float(inner.lagrangian.lambda1.detach()),
+                        lambda2=float(inner.lagrangian.lambda2.detach()),
+                    )
+                    log.write(json.dumps(row) + "\n")
+                due = progress.step % eval_every == 0 and progress.step >= hold_from
+                if due or progress.step == steps:
+                    fm = sizes_masks()
+                    z = inner.gates.deterministic(fm.masks)
+                    dev = evaluate(WithMasks(inner.model, z), dev_loader, num_labels, accelerator)
+                    gm.train()
+                    if log:
+                        log.write(
+                            json.dumps(
+                                {
+                                    "phase": "prune",
+                                    "step": progress.step,
+                                    "dev": dev,
+                                    "sparsity": fm.sparsity,
+                                }
+                            )
+                            + "\n"
+                        )
+                    if not progress.best or dev["loss"] < progress.best["loss"]:
+                        progress.best = {**dev, "step": progress.step}
+                        best_state = _snapshot(inner.model)
+                        best_masks = {k: v.clone() for k, v in fm.masks.items()}
+                if progress.step % pc.checkpoint_every == 0 or progress.step == steps:
+                    save_checkpoint()
+                if on_step is not None:
+                    on_step(progress.step)
+                if progress.step >= steps:
+                    break
+            else:
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+    finally:
+        bar.close()
+        if log:
+            log.close()
+
+    assert best_state is not None and best_masks is not None
+    inner.model.load_state_dict(best_state)
+    final = final_masks(
+        {k: v.float() for k, v in best_masks.items()}, inner.gates.sizes, pc.sparsity
+    )
+    s_hat = float(inner.gates.expected_sparsity().detach())
+    warnings = []
+    if not check_sparsity(s_hat, pc.sparsity):
+        warnings.append(
+            f"expected sparsity {s_hat:.3f} ended {abs(s_hat - pc.sparsity):.3f} away from the "
+            f"target {pc.sparsity}: the constraint did not converge (more prune steps or a "
+            "higher prune.gate_lr help)"
+        )
+    return PrunePhaseResult(
+        masks=final,
+        best_dev=progress.best,
+        best_step=int(progress.best["step"]),
+        steps=progress.step,
+        expected_sparsity=s_hat,
+        target=pc.sparsity,
+        seconds=time.perf_counter() - started,
+        warnings=warnings,
+    )

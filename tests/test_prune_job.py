@@ -1,0 +1,259 @@
+"""The prune job end to end on tiny models: outputs, budget, resume, distillation, bad input."""
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tlprune.cli import main
+from tlprune.config import RunConfig, build_config
+from tlprune.errors import TlpruneError
+from tlprune.gates import UnitSizes, exact_size
+from tlprune.train.prune_job import run_prune
+
+WORDS = "good great bad awful fine movie film phone product love hate".split()
+
+
+def sentiment_csv(path, n=120):
+    rng = random.Random(0)
+    lines = ["text,label"]
+    for i in range(n):
+        lab = ("neg", "pos")[i % 2]
+        lines.append(
+            " ".join(["great" if lab == "pos" else "awful", *rng.sample(WORDS, 3)]) + f",{lab}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_cfg(model_dir, data, out, *extra):
+    return build_config(
+        RunConfig,
+        overrides=[
+            f"model.name={model_dir}",
+            f"data.target={data}",
+            "data.budget=60",
+            f"out={out}",
+            "prune.sparsity=0.5",
+            "prune.warm.max_steps=2",
+            "prune.prune.max_steps=6",
+            "prune.prune.eval_every=2",
+            "prune.prune.batch_size=8",
+            "prune.target_warmup=0.34",
+            "prune.checkpoint_every=2",
+            "prune.final.max_steps=2",
+            "prune.gate_lr=0.1",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture
+def data(tmp_path):
+    return sentiment_csv(tmp_path / "d.csv")
+
+
+def test_prune_writes_complete_small_model(tmp_path, tiny_bert_dir, data):
+    out = tmp_path / "run"
+    result = run_prune(tiny_cfg(tiny_bert_dir, data, out))
+    report = json.loads((out / "prune_report.json").read_text())
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "modeling_tlprune.py",
+        "masks.safetensors",
+        "config.yaml",
+        "README.md",
+        "log.jsonl",
+        "tokenizer_config.json",
+    ):
+        assert (out / name).is_file(), name
+    assert not out.with_name("run.partial").exists()
+    # the masks meet the budget within one FFN unit and the small model has exactly that size
+    sizes = UnitSizes(num_layers=2, num_heads=4, head_size=8, hidden=32, ffn=64)
+    masks = load_file(out / "masks.safetensors")
+    kept = exact_size(masks, sizes)
+    budget = report["sparsity"]["budget_params"]
+    kept_hidden = int(masks["hidden"].sum())
+    assert kept <= budget < kept + 2 * kept_hidden + 1
+    assert report["params"]["pruned"]["prunable"] == kept
+    assert report["sparsity"]["achieved"] >= 0.5
+    assert report["params"]["pruned"]["total"] < report["params"]["dense"]["total"]
+    assert set(report["seconds"]) >= {"warm", "prune", "final", "total"}
+    assert result.model.config.model_type == "tlprune"
+    # the saved model evaluates through `tlprune eval`
+    assert main(["eval", str(out), "--target", str(data)]) == 0
+
+
+def test_killed_run_resumes_to_the_same_masks(tmp_path, tiny_bert_dir, data):
+    full = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "full"))
+
+    def kill(step):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(tiny_cfg(tiny_bert_dir, data, out), on_step=kill)
+    assert not out.exists() and out.with_name("killed.partial").is_dir()
+    with pytest.raises(TlpruneError, match="--resume"):
+        run_prune(tiny_cfg(tiny_bert_dir, data, out))
+    resumed = run_prune(tiny_cfg(tiny_bert_dir, data, out), resume=True)
+    a = load_file(tmp_path / "full" / "masks.safetensors")
+    b = load_file(out / "masks.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+
+
+def test_resume_rejects_a_changed_config_and_corrupt_checkpoint(tmp_path, tiny_bert_dir, data):
+    out = tmp_path / "run"
+
+    def kill(step):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(tiny_cfg(tiny_bert_dir, data, out), on_step=kill)
+    with pytest.raises(TlpruneError, match="different config"):
+        run_prune(tiny_cfg(tiny_bert_dir, data, out, "prune.sparsity=0.7"), resume=True)
+    ckpt = next((out.with_name("run.partial") / "checkpoints").glob("step-*"))
+    for f in ckpt.glob("*.safetensors"):
+        f.write_bytes(b"garbage")
+    with pytest.raises(TlpruneError, match="corrupt"):
+        run_prune(tiny_cfg(tiny_bert_dir, data, out), resume=True)
+
+
+def test_nan_loss_stops_clearly_and_keeps_checkpoint(tmp_path, tiny_bert_dir, data, monkeypatch):
+    from tlprune.train import prune_phase
+
+    original = prune_phase.GatedModel.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        loss, parts = original(self, *a, **k)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 2 else loss), parts
+
+    monkeypatch.setattr(prune_phase.GatedModel, "forward", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(TlpruneError, match="loss became nan"):
+        run_prune(tiny_cfg(tiny_bert_dir, data, out))
+    assert list((out.with_name("run.partial") / "checkpoints").glob("step-000002"))
+
+
+def test_distill_smoke(tmp_path, tiny_bert_dir, data):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_bert_dir, data, out, "distill.enabled=true", "train.max_steps=2")
+    report = run_prune(cfg).report
+    assert report["distill"] is True and "teacher" in report["seconds"]
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert any("kl" in row and "layer" in row for row in log if row.get("phase") == "prune")
+
+
+def test_roberta_prune_smoke(tmp_path, tiny_roberta_dir, data):
+    out = tmp_path / "run"
+    assert run_prune(tiny_cfg(tiny_roberta_dir, data, out)).report["sparsity"]["achieved"] >= 0.5
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--sparsity", "1.5"], "prune.sparsity must be in (0, 1)"),
+        (["--sparsity", "0"], "prune.sparsity must be in (0, 1)"),
+        (["--preset", "cofy"], "unknown preset 'cofy'"),
+        (["prune.kinds=[heads]"], "prune.kinds"),
+        (["--aux", "vader-movies"], "--aux is not built yet"),
+        (["--resume"], "nothing to resume"),
+    ],
+)
+def test_prune_bad_input(tmp_path, tiny_bert_dir, data, capsys, extra, fragment):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(tiny_bert_dir),
+            "--target",
+            str(data),
+            "--out",
+            str(out),
+            "--budget",
+            "60",
+            "--smoke",
+            *extra,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unsupported_architecture(tmp_path, data, capsys):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    d = tmp_path / "gpt2"
+    GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2)).save_pretrained(d)
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(d),
+            "--target",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--smoke",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "unsupported architecture 'gpt2'" in err
+    assert not (tmp_path / "run.partial").exists()
+
+
+def test_export_onnx_cli(tmp_path, tiny_bert_dir, data, capsys):
+    out = tmp_path / "run"
+    run_prune(tiny_cfg(tiny_bert_dir, data, out))
+    assert main(["export", str(out), "--onnx"]) == 0
+    assert (out / "model.onnx").is_file()
+    assert main(["export", str(tmp_path / "nowhere"), "--onnx"]) == 2
+
+
+def test_two_process_cpu_prune(tmp_path, tiny_bert_dir, data):
+    """Data-parallel on 2 CPU processes (gloo). `accelerate launch --cpu` starts one process
+    unless mpirun is set up, so this uses torchrun, which `accelerate launch` wraps on GPUs."""
+    import os
+    import shutil
+    import subprocess
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    out = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "tlprune",
+        "prune",
+        "--model",
+        str(tiny_bert_dir),
+        "--target",
+        str(data),
+        "--budget",
+        "60",
+        "--out",
+        str(out),
+        "--smoke",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["processes"] == 2
+    assert report["sparsity"]["achieved"] >= report["sparsity"]["target"]
