@@ -71,6 +71,7 @@ def test_prune_writes_complete_small_model(tmp_path, tiny_bert_dir, data):
     ):
         assert (out / name).is_file(), name
     assert not out.with_name("run.partial").exists()
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))  # tensorboard: test extra
     # the masks meet the budget within one FFN unit and the small model has exactly that size
     sizes = UnitSizes(num_layers=2, num_heads=4, head_size=8, hidden=32, ffn=64)
     masks = load_file(out / "masks.safetensors")

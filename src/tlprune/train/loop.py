@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import torch
 from tlprune.config import TrainConfig
 from tlprune.errors import TlpruneError
 from tlprune.train.evaluate import evaluate
+from tlprune.train.metrics_log import MetricsLog
 
 
 @dataclass
@@ -70,7 +70,7 @@ def train_classifier(
     best_step = 0
     step = 0
     start = time.perf_counter()
-    log = open(log_path, "a") if log_path and accelerator.is_main_process else None  # noqa: SIM115
+    log = MetricsLog(log_path, accelerator)
     bar = tqdm(total=steps, desc=desc, disable=not accelerator.is_local_main_process)
     try:
         while step < steps:
@@ -94,13 +94,11 @@ def train_classifier(
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-                if log:
-                    log.write(json.dumps({"phase": desc, "step": step, "loss": loss.item()}) + "\n")
+                log.write({"phase": desc, "step": step, "loss": loss.item()})
                 if step % eval_every == 0 or step == steps:
                     dev = evaluate(model, dev_loader, num_labels, accelerator)
                     model.train()
-                    if log:
-                        log.write(json.dumps({"phase": desc, "step": step, "dev": dev}) + "\n")
+                    log.write({"phase": desc, "step": step, "dev": dev})
                     if best is None or dev["loss"] < best["loss"]:
                         best, best_step = dev, step
                         state = accelerator.unwrap_model(model).state_dict()
@@ -109,8 +107,7 @@ def train_classifier(
                     break
     finally:
         bar.close()
-        if log:
-            log.close()
+        log.close()
     assert best is not None and best_state is not None
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.load_state_dict(best_state)

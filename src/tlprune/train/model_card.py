@@ -13,7 +13,12 @@ def model_card(report: dict, cfg: RunConfig) -> str:
     sp, p = report["sparsity"], report["params"]
     b = report["budget"]
     dense, pruned = p["dense"], p["pruned"]
-    command = " ".join(shlex.quote(a) for a in ["tlprune", *sys.argv[1:]])
+    from_cli = sys.argv and sys.argv[0].endswith(("tlprune", "__main__.py"))
+    command = (
+        " ".join(shlex.quote(a) for a in ["tlprune", *sys.argv[1:]])
+        if from_cli
+        else "(run from the Python API; config.yaml holds the resolved config)"
+    )
     lines = [
         "---",
         "library_name: transformers",
@@ -22,6 +27,8 @@ def model_card(report: dict, cfg: RunConfig) -> str:
         "---",
         f"# {report['target']} classifier pruned from `{report['model']}`",
         "",
+        *(["**Smoke run: a few steps only; the metrics are not meaningful.**", ""]
+          if report.get("smoke") else []),
         f"Structured pruning with tlprune (preset `{report['preset']}`), seed {report['seed']}.",
         "",
         "| | value |",
@@ -47,6 +54,4 @@ def model_card(report: dict, cfg: RunConfig) -> str:
         f"    {command}",
         "",
     ]
-    if report.get("smoke"):
-        lines.insert(6, "**Smoke run: a few steps only; the metrics are not meaningful.**\n")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from tlprune.train.checkpoint import CheckpointManager
 from tlprune.train.evaluate import predict
 from tlprune.train.finetune import make_loaders, smoke_train
 from tlprune.train.loop import freeze_parts, train_classifier
+from tlprune.train.metrics_log import make_accelerator
 
 SMOKE_PRUNE_STEPS = 4
 
@@ -133,7 +134,7 @@ def check_architecture(name: str) -> None:
 
 def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> PruneResult:
     """Prune `cfg.model` for `cfg.data` under `cfg.prune` and save the small model."""
-    from accelerate import Accelerator
+    from accelerate import PartialState
     from accelerate.utils import set_seed
     from transformers import AutoModelForSequenceClassification
 
@@ -153,12 +154,13 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
     budget = draw_budget(
         task.train["label"], cfg.data.budget, cfg.seed, cfg.data.dev_fraction, task.num_labels
     )
-    accelerator = Accelerator(mixed_precision=cfg.prune.prune.mixed_precision)
+    state = PartialState()
     work = check_workdir(cfg, out, resume)
-    accelerator.wait_for_everyone()
-    if not resume and accelerator.is_main_process:
+    state.wait_for_everyone()
+    if not resume and state.is_main_process:
         start_workdir(cfg, work)
-    accelerator.wait_for_everyone()
+    state.wait_for_everyone()
+    accelerator = make_accelerator(cfg.prune.prune.mixed_precision, work)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name)
     train_dl, dev_dl, test_dl = make_loaders(task, budget, tokenizer, cfg, cfg.smoke)
@@ -292,6 +294,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         "smoke": cfg.smoke,
         "notes": task.notes,
     }
+    accelerator.end_training()
     if accelerator.is_main_process:
         _write_outputs(
             work, out, small, tokenizer, cfg, report, phase.masks.masks, logits, labels, budget
@@ -336,6 +339,8 @@ def _write_outputs(work, out, small, tokenizer, cfg, report, masks, logits, labe
         budget_dev=budget.dev,
     )
     shutil.copyfile(work / "log.jsonl", final / "log.jsonl")
+    if (work / "tlprune").is_dir():  # TensorBoard event files, when tensorboard is installed
+        shutil.copytree(work / "tlprune", final / "tensorboard")
     if out.exists():
         shutil.rmtree(out)
     final.replace(out)

@@ -7,7 +7,6 @@ evaluated with the exact-budget binary masks of the moment (what would ship), an
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from tlprune.gates.lagrangian import check_sparsity, make_gate_optimizers
 from tlprune.train.checkpoint import CheckpointManager, Progress
 from tlprune.train.evaluate import evaluate
 from tlprune.train.loop import total_steps
+from tlprune.train.metrics_log import MetricsLog
 from tlprune.train.sampler import EpochShuffle
 
 
@@ -167,7 +167,7 @@ def run_prune_phase(
         accelerator.wait_for_everyone()
 
     started = time.perf_counter()
-    log = open(log_path, "a") if log_path and accelerator.is_main_process else None  # noqa: SIM115
+    log = MetricsLog(log_path, accelerator)
     bar = tqdm(
         total=steps,
         initial=progress.step,
@@ -213,34 +213,25 @@ def run_prune_phase(
                 bar.set_postfix(
                     loss=f"{float(parts['task']):.3f}", s=f"{s_hat:.3f}", t=f"{target:.3f}"
                 )
-                if log:
-                    row = {k: float(v) for k, v in parts.items()}
-                    row.update(
-                        phase="prune",
-                        step=progress.step,
-                        target=target,
-                        lambda1=float(inner.lagrangian.lambda1.detach()),
-                        lambda2=float(inner.lagrangian.lambda2.detach()),
-                    )
-                    log.write(json.dumps(row) + "\n")
+                row = {k: float(v) for k, v in parts.items()}
+                row.update(
+                    phase="prune",
+                    step=progress.step,
+                    target=target,
+                    lambda1=float(inner.lagrangian.lambda1.detach()),
+                    lambda2=float(inner.lagrangian.lambda2.detach()),
+                )
+                log.write(row)
                 due = progress.step % eval_every == 0 and progress.step >= hold_from
                 if due or progress.step == steps:
                     fm = sizes_masks()
                     z = inner.gates.deterministic(fm.masks)
                     dev = evaluate(WithMasks(inner.model, z), dev_loader, num_labels, accelerator)
                     gm.train()
-                    if log:
-                        log.write(
-                            json.dumps(
-                                {
-                                    "phase": "prune",
-                                    "step": progress.step,
-                                    "dev": dev,
-                                    "sparsity": fm.sparsity,
-                                }
-                            )
-                            + "\n"
-                        )
+                    log.write(
+                        {"phase": "prune", "step": progress.step, "dev": dev,
+                         "sparsity": fm.sparsity}
+                    )
                     if not progress.best or dev["loss"] < progress.best["loss"]:
                         progress.best = {**dev, "step": progress.step}
                         best_state = _snapshot(inner.model)
@@ -256,8 +247,7 @@ def run_prune_phase(
                 progress.batch_in_epoch = 0
     finally:
         bar.close()
-        if log:
-            log.close()
+        log.close()
 
     assert best_state is not None and best_masks is not None
     inner.model.load_state_dict(best_state)
