@@ -89,24 +89,34 @@ def test_prune_writes_complete_small_model(tmp_path, tiny_bert_dir, data):
 
 
 def test_killed_run_resumes_to_the_same_masks(tmp_path, tiny_bert_dir, data):
-    full = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "full"))
+    # 48 train examples in batches of 16: 3 batches an epoch, so the kill at step 5 resumes
+    # from the step-4 checkpoint in the middle of the second epoch.
+    extra = ("prune.prune.batch_size=16",)
+    full = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "full", *extra))
 
     def kill(step):
-        if step == 4:
+        if step == 5:
             raise KeyboardInterrupt
 
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        run_prune(tiny_cfg(tiny_bert_dir, data, out), on_step=kill)
+        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_step=kill)
     assert not out.exists() and out.with_name("killed.partial").is_dir()
     with pytest.raises(TlpruneError, match="--resume"):
-        run_prune(tiny_cfg(tiny_bert_dir, data, out))
-    resumed = run_prune(tiny_cfg(tiny_bert_dir, data, out), resume=True)
+        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra))
+    resumed = run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), resume=True)
     a = load_file(tmp_path / "full" / "masks.safetensors")
     b = load_file(out / "masks.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     sa, sb = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+
+    # the prune phase's per-step log after the resume matches the uninterrupted run
+    def prune_rows(path):
+        rows = [json.loads(x) for x in (path / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: r["task"] for r in rows if r.get("phase") == "prune" and "task" in r}
+
+    assert prune_rows(tmp_path / "full") == prune_rows(out)
 
 
 def test_resume_rejects_a_changed_config_and_corrupt_checkpoint(tmp_path, tiny_bert_dir, data):
@@ -168,6 +178,9 @@ def test_roberta_prune_smoke(tmp_path, tiny_roberta_dir, data):
         (["prune.kinds=[heads]"], "prune.kinds"),
         (["--aux", "vader-movies"], "--aux is not built yet"),
         (["--resume"], "nothing to resume"),
+        (["prune.final.mixed_precision=bf16"], "mixed_precision differs"),
+        (["--preset", "finetune", "--resume"], "--resume applies to pruning runs"),
+        (["prune.log_alpha_clamp=[1, 2]"], "prune.log_alpha_clamp"),
     ],
 )
 def test_prune_bad_input(tmp_path, tiny_bert_dir, data, capsys, extra, fragment):
@@ -258,3 +271,42 @@ def test_two_process_cpu_prune(tmp_path, tiny_bert_dir, data):
     report = json.loads((out / "prune_report.json").read_text())
     assert report["processes"] == 2
     assert report["sparsity"]["achieved"] >= report["sparsity"]["target"]
+
+
+def test_out_is_a_file_and_teacher_with_other_labels(tmp_path, tiny_bert_dir, data, capsys):
+    file_out = tmp_path / "taken"
+    file_out.write_text("x")
+    base = [
+        "prune",
+        "--model",
+        str(tiny_bert_dir),
+        "--target",
+        str(data),
+        "--budget",
+        "60",
+        "--smoke",
+    ]
+    assert main([*base, "--out", str(file_out), "--overwrite"]) == 2
+    assert "is a file" in capsys.readouterr().err and file_out.read_text() == "x"
+    # the fixture model's labels are LABEL_0/LABEL_1, the task's neg/pos
+    code = main(
+        [
+            *base,
+            "--out",
+            str(tmp_path / "run"),
+            "distill.enabled=true",
+            f"distill.teacher={tiny_bert_dir}",
+        ]
+    )
+    assert code == 2 and "give a teacher fine-tuned on this task" in capsys.readouterr().err
+
+
+def test_api_rejects_config_and_preset_together(tiny_bert_dir):
+    from tlprune.api import prune
+    from tlprune.errors import ConfigError
+    from tlprune.presets import preset_config
+
+    cfg = preset_config("cofi-distill")
+    assert cfg.preset == "cofi-distill" and cfg.distill.enabled
+    with pytest.raises(ConfigError, match="either `config` or `preset`"):
+        prune(config=cfg, preset="cofi")

@@ -64,18 +64,25 @@ def prune(
 ) -> PruneResult | FinetuneResult:
     """Prune `model` for `target` to `sparsity` using `budget` labelled examples.
 
-    `preset="finetune"` trains the dense baseline instead (a FinetuneResult). Arguments given
-    here override the matching fields of `config`.
+    `preset="finetune"` trains the dense baseline instead (a FinetuneResult). `config` (a full
+    RunConfig, e.g. from `tlprune.presets.preset_config`) and `preset` are alternatives; the
+    other arguments override the matching fields.
     """
-    from tlprune.presets import apply_preset
+    from tlprune.errors import ConfigError
+    from tlprune.presets import preset_config
 
-    cfg = config or RunConfig()
-    if preset is not None:
-        cfg = apply_preset(cfg, preset)
+    if config is not None and preset is not None:
+        raise ConfigError(
+            "pass either `config` or `preset`: start from tlprune.presets.preset_config(name) "
+            "and edit it, so the preset never overrides your values"
+        )
+    cfg = config if config is not None else preset_config(preset or "cofi")
     if sparsity is not None:
         cfg = replace(cfg, prune=replace(cfg.prune, sparsity=sparsity))
     cfg = _with_common(cfg, model, target, budget, seed, out, smoke)
     if cfg.preset == "finetune":
+        if resume:
+            raise ConfigError("--resume applies to pruning runs; rerun the short finetune instead")
         return run_finetune(cfg)
     return run_prune(cfg, resume=resume)
 

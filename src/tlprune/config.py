@@ -124,6 +124,9 @@ class PruneConfig:
     kinds: list[str] = field(default_factory=lambda: list(GATE_KINDS))
     gate_lr: float = 1e-2  # log-alphas (and the Lagrange multipliers)
     init_log_alpha: float = 0.0  # keep probability sigmoid(0 + 1.6) = 0.83
+    log_alpha_clamp: list[float] = field(
+        default_factory=lambda: [-4.605170, 4.605170]
+    )  # ln .01..100
     target_warmup: float = 0.3  # fraction of the prune phase over which the target ramps up
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
     warm: TrainConfig = field(default_factory=_warm)  # dense fine-tune before gates
@@ -140,6 +143,11 @@ class PruneConfig:
             raise ConfigError(f"prune.kinds: unknown {bad}; choose from {list(GATE_KINDS)}")
         if not 0.0 <= self.target_warmup <= 1.0:
             raise ConfigError(f"prune.target_warmup must be in [0, 1], got {self.target_warmup}")
+        lo_hi = self.log_alpha_clamp
+        if len(lo_hi) != 2 or not lo_hi[0] < self.init_log_alpha < lo_hi[1]:
+            raise ConfigError(
+                f"prune.log_alpha_clamp must be [low, high] around init_log_alpha, got {lo_hi}"
+            )
         if self.gate_lr <= 0 or self.checkpoint_every < 1:
             raise ConfigError("prune.gate_lr must be positive and prune.checkpoint_every >= 1")
 

@@ -6,7 +6,6 @@ flags and dotted overrides then apply on top of the preset.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,6 @@ def preset_dict(name: str) -> dict[str, Any]:
     return data
 
 
-def apply_preset(cfg: RunConfig, name: str) -> RunConfig:
-    """`cfg` with preset `name` applied (the preset wins over `cfg`'s values)."""
-    return replace(from_dict(RunConfig, merge(to_dict(cfg), preset_dict(name))), preset=name)
+def preset_config(name: str) -> RunConfig:
+    """The defaults with preset `name` applied: a RunConfig to edit and pass to tlprune.prune."""
+    return from_dict(RunConfig, merge(to_dict(RunConfig()), preset_dict(name)))

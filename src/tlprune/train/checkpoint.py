@@ -103,7 +103,7 @@ class CheckpointManager:
             progress = Progress(**json.loads((path / MARKER).read_text()))
             for name, module in modules.items():
                 module.load_state_dict(load_file(path / f"{name}.safetensors"))
-            state = torch.load(path / "state.pt", weights_only=False)
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
             for name, opt in optimizers.items():
                 opt.load_state_dict(state["optimizers"][name])
             _set_rng_state(state["rng"])

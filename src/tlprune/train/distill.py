@@ -7,6 +7,8 @@ layers whose attention sublayer is open, through a learned linear map.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,47 +37,50 @@ def logit_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
 
 
 def match_layers(
-    student_states: list[torch.Tensor],
+    student_states: Mapping[int, torch.Tensor],
     teacher_states: list[torch.Tensor],
     open_layers: list[int],
     mask: torch.Tensor,
 ) -> tuple[torch.Tensor, list[int]]:
-    """Match each teacher state, in order, to a distinct later student layer of least MSE.
+    """Match teacher states, in order, to distinct student layers of least MSE (increasing).
 
-    `student_states` are already mapped into the teacher's space; returns (loss, matched).
-    Greedy and monotone, as CoFi's dynamic matching: a teacher layer may only use student
-    layers after the one its predecessor used.
+    `student_states` maps a student layer index to its state in the teacher's space. Each
+    teacher layer leaves enough open student layers after its match for the teacher layers
+    still to come; with fewer open student layers than teacher layers, the earliest teacher
+    layers are dropped (the last one is always matched). Returns (mean loss, matched indices).
     """
-    weight = mask.unsqueeze(-1).to(student_states[0].dtype)
-    denom = weight.sum() * student_states[0].shape[-1]
-    total = student_states[0].new_zeros(())
+    weight = mask.unsqueeze(-1).to(teacher_states[0].dtype)
+    denom = weight.sum() * teacher_states[0].shape[-1]
+    teacher_states = teacher_states[max(0, len(teacher_states) - len(open_layers)) :]
+    total = teacher_states[0].new_zeros(()) if teacher_states else mask.new_zeros((), dtype=float)
     matched: list[int] = []
-    start = 0
-    for t_state in teacher_states:
-        candidates = [i for i in open_layers if i >= start]
-        if not candidates:
-            break
-        with torch.no_grad():
-            errs = torch.stack(
-                [(((student_states[i] - t_state) ** 2) * weight).sum() for i in candidates]
-            )
-        best = candidates[int(errs.argmin())]
-        total = total + (((student_states[best] - t_state) ** 2) * weight).sum() / denom
-        matched.append(best)
-        start = best + 1
-    return total, matched
+    pos = 0  # index into open_layers
+    for k, t_state in enumerate(teacher_states):
+        room = len(teacher_states) - k - 1  # open layers to keep for later teacher layers
+        candidates = open_layers[pos : len(open_layers) - room]
+        errs = torch.stack(
+            [(((student_states[i] - t_state) ** 2) * weight).sum() / denom for i in candidates]
+        )
+        best = int(errs.detach().argmin())
+        total = total + errs[best]
+        matched.append(candidates[best])
+        pos += best + 1
+    return total / max(len(matched), 1), matched
 
 
 class Distiller(nn.Module):
     """Combines CE, logit KL and layer MSE; owns the learned student->teacher linear map."""
 
-    def __init__(self, cfg: DistillConfig, hidden: int, teacher_num_layers: int):
+    def __init__(
+        self, cfg: DistillConfig, hidden: int, teacher_hidden: int, teacher_num_layers: int
+    ):
         super().__init__()
         self.cfg = cfg
-        self.proj = nn.Linear(hidden, hidden)
-        with torch.no_grad():
-            self.proj.weight.copy_(torch.eye(hidden))
-            self.proj.bias.zero_()
+        self.proj = nn.Linear(hidden, teacher_hidden)
+        if hidden == teacher_hidden:
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.eye(hidden))
+                self.proj.bias.zero_()
         self.layers = teacher_layers(teacher_num_layers)
 
     def forward(
@@ -99,7 +104,7 @@ class Distiller(nn.Module):
             loss = loss + cfg.kl_weight * out["kl"]
         if cfg.layer_weight:
             # hidden_states[0] is the embedding output; layer i's output is hidden_states[i + 1]
-            mapped = [self.proj(h) for h in student_hidden[1:]]
+            mapped = {i: self.proj(student_hidden[i + 1]) for i in open_layers}
             targets = [teacher_hidden[i + 1] for i in self.layers]
             out["layer"], _ = match_layers(mapped, targets, open_layers, attention_mask)
             loss = loss + cfg.layer_weight * out["layer"]

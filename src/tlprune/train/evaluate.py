@@ -34,3 +34,15 @@ def predict(model: Any, loader: Any, accelerator: Any = None, desc: str | None =
 def evaluate(model: Any, loader: Any, num_labels: int, accelerator: Any = None, desc=None) -> dict:
     logits, labels = predict(model, loader, accelerator, desc)
     return classification_metrics(logits, labels, num_labels)
+
+
+def save_predictions(path, logits: np.ndarray, labels: np.ndarray, budget: Any) -> None:
+    """Per-example test logits and labels plus the budget's indices: what a paired bootstrap
+    between methods needs (same seeds, budgets and test examples)."""
+    np.savez_compressed(
+        path,
+        test_logits=logits.astype(np.float32),
+        test_labels=labels,
+        budget_train=budget.train,
+        budget_dev=budget.dev,
+    )

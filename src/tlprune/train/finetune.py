@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tlprune.config import RunConfig, TrainConfig, save_config
@@ -20,8 +19,8 @@ from tlprune.data.split import Budget, draw_budget
 from tlprune.errors import TlpruneError
 from tlprune.models import load_classifier, load_tokenizer, resolve_model
 from tlprune.paths import atomic_dir
-from tlprune.train.evaluate import predict
-from tlprune.train.loop import freeze_parts, train_classifier
+from tlprune.train.evaluate import predict, save_predictions
+from tlprune.train.loop import train_classifier
 
 SMOKE_STEPS = 2
 SMOKE_TEST = 64
@@ -90,7 +89,6 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name)
     model = load_classifier(cfg.model.name, task.label_names)
-    freeze_parts(model, train_cfg.freeze)
     accelerator = Accelerator(
         mixed_precision=train_cfg.mixed_precision, gradient_accumulation_steps=train_cfg.grad_accum
     )
@@ -152,10 +150,4 @@ def _save(tmp: Path, model, tokenizer, cfg: RunConfig, metrics: dict, logits, la
     tokenizer.save_pretrained(tmp)
     save_config(cfg, tmp / "config.yaml")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    np.savez_compressed(
-        tmp / "predictions.npz",
-        test_logits=logits.astype(np.float32),
-        test_labels=labels,
-        budget_train=budget.train,
-        budget_dev=budget.dev,
-    )
+    save_predictions(tmp / "predictions.npz", logits, labels, budget)

@@ -25,10 +25,12 @@ class LoopResult:
     seconds: float
 
 
-def freeze_parts(model: Any, parts: list[str]) -> None:
-    """Stop gradients for named parts of the encoder (`word_embeddings`, `embeddings`)."""
+def set_trainable(model: Any, freeze: list[str]) -> None:
+    """Make every parameter trainable, then freeze the named parts: each phase states its own."""
+    for p in model.parameters():
+        p.requires_grad_(True)
     emb = model.base_model.embeddings
-    for part in parts:
+    for part in freeze:
         module = emb if part == "embeddings" else emb.word_embeddings
         for p in module.parameters():
             p.requires_grad_(False)
@@ -55,14 +57,16 @@ def train_classifier(
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    set_trainable(model, cfg.freeze)
+    accelerator.gradient_accumulation_steps = cfg.grad_accum
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = total_steps(cfg, len(train_loader))
+    model, optimizer, train_loader, dev_loader = accelerator.prepare(
+        model, optimizer, train_loader, dev_loader
+    )
+    steps = total_steps(cfg, len(train_loader))  # per process, after sharding
     scheduler = get_scheduler(
         "constant_with_warmup", optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps)
-    )
-    model, optimizer, train_loader, dev_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, dev_loader, scheduler
     )
     eval_every = cfg.eval_every or max(1, len(train_loader) // cfg.grad_accum)
     best: dict | None = None
@@ -87,7 +91,8 @@ def train_classifier(
                     if accelerator.sync_gradients and cfg.grad_clip:
                         accelerator.clip_grad_norm_(params, cfg.grad_clip)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
                     optimizer.zero_grad()
                 if not accelerator.sync_gradients:
                     continue

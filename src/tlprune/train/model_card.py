@@ -27,8 +27,11 @@ def model_card(report: dict, cfg: RunConfig) -> str:
         "---",
         f"# {report['target']} classifier pruned from `{report['model']}`",
         "",
-        *(["**Smoke run: a few steps only; the metrics are not meaningful.**", ""]
-          if report.get("smoke") else []),
+        *(
+            ["**Smoke run: a few steps only; the metrics are not meaningful.**", ""]
+            if report.get("smoke")
+            else []
+        ),
         f"Structured pruning with tlprune (preset `{report['preset']}`), seed {report['seed']}.",
         "",
         "| | value |",

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from tlprune.config import RunConfig, to_dict
@@ -27,9 +26,9 @@ from tlprune.errors import TlpruneError
 from tlprune.models import load_classifier, load_tokenizer, resolve_model
 from tlprune.paths import atomic_dir
 from tlprune.train.checkpoint import CheckpointManager
-from tlprune.train.evaluate import predict
+from tlprune.train.evaluate import predict, save_predictions
 from tlprune.train.finetune import make_loaders, smoke_train
-from tlprune.train.loop import freeze_parts, train_classifier
+from tlprune.train.loop import train_classifier
 from tlprune.train.metrics_log import make_accelerator
 
 SMOKE_PRUNE_STEPS = 4
@@ -72,7 +71,9 @@ def check_workdir(cfg: RunConfig, out: Path, resume: bool) -> Path:
     Changes nothing: every process checks before the main one starts the workdir.
     """
     work = out.with_name(out.name + ".partial")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
+    if out.exists() and not out.is_dir():
+        raise TlpruneError(f"--out {out} is a file, not a directory: choose another path")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise TlpruneError(f"output {out} already exists: choose another --out or pass --overwrite")
     if resume:
         saved = work / "config.yaml"
@@ -118,6 +119,47 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def check_phases(cfg: RunConfig) -> None:
+    """Settings that one Accelerator must share across phases."""
+    from tlprune.errors import ConfigError
+
+    phases = {
+        "train": cfg.train,
+        "prune.warm": cfg.prune.warm,
+        "prune.prune": cfg.prune.prune,
+        "prune.final": cfg.prune.final,
+    }
+    used = {k: v for k, v in phases.items() if k != "train" or cfg.distill.enabled}
+    precisions = {v.mixed_precision for v in used.values()}
+    if len(precisions) > 1:
+        raise ConfigError(
+            f"mixed_precision differs between phases "
+            f"({ {k: v.mixed_precision for k, v in used.items()} }): one run uses one precision; "
+            "set the same value in every phase"
+        )
+    if cfg.prune.prune.mixed_precision == "fp16":
+        raise ConfigError(
+            "fp16 is not supported while pruning (3 optimizers, one scaler): use bf16"
+        )
+
+
+def load_teacher(path: Path, label_names: list[str]):
+    """The distillation teacher, checked against the task's labels."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        teacher = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    except (OSError, ValueError) as exc:
+        raise TlpruneError(f"cannot load the teacher {path}: {str(exc).splitlines()[0]}") from None
+    names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+    if names != list(label_names):
+        raise TlpruneError(
+            f"the teacher {path} predicts {names}, the task has {list(label_names)}: "
+            "give a teacher fine-tuned on this task"
+        )
+    return teacher
+
+
 def check_architecture(name: str) -> None:
     """Fail before any work when the model's architecture has no adapter."""
     from transformers import AutoConfig
@@ -134,9 +176,9 @@ def check_architecture(name: str) -> None:
 
 def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> PruneResult:
     """Prune `cfg.model` for `cfg.data` under `cfg.prune` and save the small model."""
+    import torch
     from accelerate import PartialState
-    from accelerate.utils import set_seed
-    from transformers import AutoModelForSequenceClassification
+    from accelerate.utils import parse_flag_from_env, set_seed
 
     from tlprune.arch import from_hf, unit_sizes
     from tlprune.gates import GateConfig, GateSet
@@ -149,23 +191,31 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
     if cfg.smoke:
         cfg = smoke_config(cfg)
     out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
+    check_phases(cfg)
     check_architecture(cfg.model.name)
+    work = check_workdir(cfg, out, resume)
     task = load_task(cfg.data)
     budget = draw_budget(
         task.train["label"], cfg.data.budget, cfg.seed, cfg.data.dev_fraction, task.num_labels
     )
-    state = PartialState()
-    work = check_workdir(cfg, out, resume)
+    # Without a GPU, processes started by torchrun are CPU workers (Accelerate's MULTI_CPU).
+    state = PartialState(
+        cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    )
     state.wait_for_everyone()
     if not resume and state.is_main_process:
         start_workdir(cfg, work)
     state.wait_for_everyone()
     accelerator = make_accelerator(cfg.prune.prune.mixed_precision, work)
-    set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name)
-    train_dl, dev_dl, test_dl = make_loaders(task, budget, tokenizer, cfg, cfg.smoke)
     log_path = work / "log.jsonl"
     seconds: dict[str, float] = {}
+
+    def loaders(phase: int, train_cfg):
+        """Fresh seeded loaders per phase: a resumed run replays later phases identically."""
+        set_seed(cfg.seed + phase)
+        phase_cfg = dataclasses.replace(cfg, train=train_cfg, seed=cfg.seed + phase)
+        return make_loaders(task, budget, tokenizer, phase_cfg, cfg.smoke)
 
     # -- teacher --------------------------------------------------------------------------------
     teacher = None
@@ -176,7 +226,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
             if cfg.distill.teacher:
                 raise TlpruneError(f"teacher {tdir} has no config.json: give a model directory")
             dense = load_classifier(cfg.model.name, task.label_names)
-            freeze_parts(dense, cfg.train.freeze)
+            train_dl, dev_dl, _ = loaders(1, cfg.train)
             train_classifier(
                 dense,
                 train_dl,
@@ -188,7 +238,8 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
                 desc="teacher",
             )
             _save_main(accelerator, accelerator.unwrap_model(dense), tdir)
-        teacher = AutoModelForSequenceClassification.from_pretrained(tdir).eval()
+            accelerator.free_memory()
+        teacher = load_teacher(tdir, task.label_names)
         seconds["teacher"] = time.perf_counter() - t0
 
     # -- warm fine-tune -------------------------------------------------------------------------
@@ -198,7 +249,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         model = TlpruneForSequenceClassification.from_pretrained(warm_dir)
     else:
         model = from_hf(load_classifier(cfg.model.name, task.label_names))
-        freeze_parts(model, cfg.prune.warm.freeze)
+        train_dl, dev_dl, _ = loaders(2, cfg.prune.warm)
         train_classifier(
             model,
             train_dl,
@@ -211,23 +262,32 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         )
         model = accelerator.unwrap_model(model)
         _save_main(accelerator, model, warm_dir)
+        accelerator.free_memory()
     seconds["warm"] = time.perf_counter() - t0
     dense_report = param_report(model)
 
     # -- prune ----------------------------------------------------------------------------------
-    freeze_parts(model, cfg.prune.prune.freeze)
     sizes = unit_sizes(model.config)
     gates = GateSet(
-        GateConfig(kinds=list(cfg.prune.kinds), init_log_alpha=cfg.prune.init_log_alpha),
+        GateConfig(
+            kinds=list(cfg.prune.kinds),
+            init_log_alpha=cfg.prune.init_log_alpha,
+            log_alpha_min=cfg.prune.log_alpha_clamp[0],
+            log_alpha_max=cfg.prune.log_alpha_clamp[1],
+        ),
         sizes,
         seed=cfg.seed,
     )
     distiller = None
     if teacher is not None:
         distiller = Distiller(
-            cfg.distill, model.config.hidden_size, teacher.config.num_hidden_layers
+            cfg.distill,
+            model.config.hidden_size,
+            teacher.config.hidden_size,
+            teacher.config.num_hidden_layers,
         )
     collate = ClassificationCollator(tokenizer, task.max_length)
+    _, dev_dl, _ = loaders(3, cfg.prune.prune)
     phase = run_prune_phase(
         model,
         gates,
@@ -245,13 +305,16 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         on_step,
     )
     seconds["prune"] = phase.seconds
+    accelerator.free_memory()
 
     # -- surgery and final fine-tune -------------------------------------------------------------
     t0 = time.perf_counter()
     small = prune_model(accelerator.unwrap_model(model).cpu(), phase.masks.masks)
+    train_dl, dev_dl, test_dl = loaders(4, cfg.prune.final)
     loop = train_classifier(
         small,
-        *_final_loaders(task, budget, tokenizer, cfg),
+        train_dl,
+        dev_dl,
         cfg.prune.final,
         task.num_labels,
         accelerator,
@@ -310,12 +373,6 @@ def _save_main(accelerator, model, path: Path) -> None:
     accelerator.wait_for_everyone()
 
 
-def _final_loaders(task, budget, tokenizer, cfg: RunConfig):
-    final_cfg = dataclasses.replace(cfg, train=cfg.prune.final)
-    train_dl, dev_dl, _ = make_loaders(task, budget, tokenizer, final_cfg, cfg.smoke)
-    return train_dl, dev_dl
-
-
 def _write_outputs(work, out, small, tokenizer, cfg, report, masks, logits, labels, budget):
     from safetensors.torch import save_file
 
@@ -331,13 +388,7 @@ def _write_outputs(work, out, small, tokenizer, cfg, report, masks, logits, labe
     }
     save_pruned(small, tokenizer, final, extra)
     save_file({k: v.contiguous().float() for k, v in masks.items()}, final / "masks.safetensors")
-    np.savez_compressed(
-        final / "predictions.npz",
-        test_logits=logits.astype(np.float32),
-        test_labels=labels,
-        budget_train=budget.train,
-        budget_dev=budget.dev,
-    )
+    save_predictions(final / "predictions.npz", logits, labels, budget)
     shutil.copyfile(work / "log.jsonl", final / "log.jsonl")
     if (work / "tlprune").is_dir():  # TensorBoard event files, when tensorboard is installed
         shutil.copytree(work / "tlprune", final / "tensorboard")

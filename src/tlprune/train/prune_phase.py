@@ -7,6 +7,7 @@ evaluated with the exact-budget binary masks of the moment (what would ship), an
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from tlprune.gates import FinalMasks, GateSet, Lagrangian, TargetSchedule, final
 from tlprune.gates.lagrangian import check_sparsity, make_gate_optimizers
 from tlprune.train.checkpoint import CheckpointManager, Progress
 from tlprune.train.evaluate import evaluate
-from tlprune.train.loop import total_steps
+from tlprune.train.loop import set_trainable, total_steps
 from tlprune.train.metrics_log import MetricsLog
 from tlprune.train.sampler import EpochShuffle
 
@@ -48,7 +49,11 @@ class GatedModel(nn.Module):
         if distil:
             mha = z.get("mha")
             n_layers = len(out.hidden_states) - 1
-            open_layers = [i for i in range(n_layers) if mha is None or float(mha[i].detach()) > 0]
+            open_layers = (
+                list(range(n_layers))
+                if mha is None
+                else [i for i, on in enumerate((mha.detach() > 0).tolist()) if on]
+            )
             d = self.distiller(
                 out.logits,
                 out.hidden_states,
@@ -120,11 +125,8 @@ def run_prune_phase(
     pc, phase = cfg.prune, cfg.prune.prune
     sampler = EpochShuffle(len(train_ds), cfg.seed)
     loader = DataLoader(train_ds, batch_size=phase.batch_size, sampler=sampler, collate_fn=collate)
-    steps = total_steps(phase, len(loader))
-    schedule = TargetSchedule(pc.sparsity, round(pc.target_warmup * steps))
-    hold_from = schedule.warmup_steps
-    eval_every = phase.eval_every or max(1, len(loader) // phase.grad_accum)
-
+    set_trainable(model, phase.freeze)
+    accelerator.gradient_accumulation_steps = phase.grad_accum
     lagrangian = Lagrangian()
     gm = GatedModel(model, gates, lagrangian, distiller)
     weights = [p for p in model.parameters() if p.requires_grad]
@@ -136,12 +138,17 @@ def run_prune_phase(
         gm, w_opt, gate_opt, lambda_opt, loader, dev_loader
     )
     inner: GatedModel = accelerator.unwrap_model(gm)
+    steps = total_steps(phase, len(loader))  # per process, after sharding
+    schedule = TargetSchedule(pc.sparsity, round(pc.target_warmup * steps))
+    hold_from = schedule.warmup_steps
+    eval_every = phase.eval_every or max(1, len(loader) // phase.grad_accum)
     if teacher is not None:
         teacher = accelerator.prepare_model(teacher, evaluation_mode=True).eval()
 
     progress = Progress()
     best_state: dict[str, torch.Tensor] | None = None
-    best_masks: dict[str, torch.Tensor] | None = None
+    best_fm: FinalMasks | None = None
+    saved_best: dict[str, Any] = {}  # which best the last checkpoint holds, to link not rewrite
     modules = {"gated": inner}
     optimizers = {"weights": w_opt, "gates": gate_opt, "lambdas": lambda_opt}
     latest = ckpt.latest() if resume else None
@@ -149,18 +156,38 @@ def run_prune_phase(
         progress = ckpt.load(latest, modules, optimizers)
         if (latest / "best_model.safetensors").is_file():
             best_state = load_file(latest / "best_model.safetensors")
-            best_masks = load_file(latest / "best_masks.safetensors")
+            # binary masks that met the budget come back unchanged from final_masks
+            best_fm = final_masks(
+                load_file(latest / "best_masks.safetensors"), inner.gates.sizes, pc.sparsity
+            )
 
     def sizes_masks() -> FinalMasks:
         probs = {k: v.detach().cpu() for k, v in inner.gates.keep_probs().items()}
         return final_masks(probs, inner.gates.sizes, pc.sparsity)
 
+    def write_best(name: str, tensors: Any):
+        def write(path: Path) -> None:
+            prev = saved_best.get(name)
+            if prev is not None and prev[0] == progress.best.get("step") and prev[1].is_file():
+                os.link(prev[1], path)  # unchanged since the last checkpoint: no rewrite
+            else:
+                save_file(tensors(), path)
+            saved_best[name] = (
+                progress.best.get("step"),
+                ckpt.root / f"step-{progress.step:06d}" / name,
+            )
+
+        return write
+
     def save_checkpoint() -> None:
         extra = {}
-        if best_state is not None:
-            extra["best_model.safetensors"] = lambda p: save_file(best_state, p)
-            extra["best_masks.safetensors"] = lambda p: save_file(
-                {k: v.contiguous() for k, v in best_masks.items()}, p
+        if best_state is not None and best_fm is not None:
+            extra["best_model.safetensors"] = write_best(
+                "best_model.safetensors", lambda: best_state
+            )
+            extra["best_masks.safetensors"] = write_best(
+                "best_masks.safetensors",
+                lambda: {k: v.contiguous() for k, v in best_fm.masks.items()},
             )
         if accelerator.is_main_process:
             ckpt.save(progress, modules, optimizers, extra)
@@ -176,12 +203,13 @@ def run_prune_phase(
     )
     try:
         while progress.step < steps:
-            sampler.set_epoch(progress.epoch)
+            # Accelerate's loaders keep their own epoch counter (reset by a resume): set it.
             batches = (
                 accelerator.skip_first_batches(loader, progress.batch_in_epoch)
                 if progress.batch_in_epoch
                 else loader
             )
+            batches.set_epoch(progress.epoch)
             gm.train()
             for batch in batches:
                 target = schedule(progress.step)
@@ -229,13 +257,18 @@ def run_prune_phase(
                     dev = evaluate(WithMasks(inner.model, z), dev_loader, num_labels, accelerator)
                     gm.train()
                     log.write(
-                        {"phase": "prune", "step": progress.step, "dev": dev,
-                         "sparsity": fm.sparsity}
+                        {
+                            "phase": "prune",
+                            "step": progress.step,
+                            "dev": dev,
+                            "sparsity": fm.sparsity,
+                        }
                     )
-                    if not progress.best or dev["loss"] < progress.best["loss"]:
+                    meets = fm.size <= fm.budget  # never select masks over the budget
+                    if meets and (not progress.best or dev["loss"] < progress.best["loss"]):
                         progress.best = {**dev, "step": progress.step}
                         best_state = _snapshot(inner.model)
-                        best_masks = {k: v.clone() for k, v in fm.masks.items()}
+                        best_fm = fm
                 if progress.step % pc.checkpoint_every == 0 or progress.step == steps:
                     save_checkpoint()
                 if on_step is not None:
@@ -249,11 +282,13 @@ def run_prune_phase(
         bar.close()
         log.close()
 
-    assert best_state is not None and best_masks is not None
+    if best_state is None or best_fm is None:
+        raise TlpruneError(
+            f"no checkpoint of the prune phase met the parameter budget at sparsity "
+            f"{pc.sparsity}: allow more gate kinds (prune.kinds) or a lower sparsity"
+        )
     inner.model.load_state_dict(best_state)
-    final = final_masks(
-        {k: v.float() for k, v in best_masks.items()}, inner.gates.sizes, pc.sparsity
-    )
+    final = best_fm
     s_hat = float(inner.gates.expected_sparsity().detach())
     warnings = []
     if not check_sparsity(s_hat, pc.sparsity):
