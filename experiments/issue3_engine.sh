@@ -16,7 +16,7 @@ run() {  # run NAME ARGS...: skip if done, resume if partial
     || echo "FAILED: $name (see $OUT/$name.log)"
 }
 run dense-s$SEED finetune --model minilm --target vader-amazon --budget 1024 --seed $SEED
-for sp in 0.6 0.8; do
+for sp in 0.8 0.6; do
   run cofi-$sp-s$SEED prune --preset cofi --model minilm --target vader-amazon --budget 1024 \
     --sparsity $sp --seed $SEED
   run cofi-distill-$sp-s$SEED prune --preset cofi-distill --model minilm --target vader-amazon \

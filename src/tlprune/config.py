@@ -128,6 +128,7 @@ class PruneConfig:
         default_factory=lambda: [-4.605170, 4.605170]
     )  # ln .01..100
     target_warmup: float = 0.3  # fraction of the prune phase over which the target ramps up
+    target_start: str = "initial"  # ramp from the gates' initial expected sparsity, or "zero"
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
     warm: TrainConfig = field(default_factory=_warm)  # dense fine-tune before gates
     prune: TrainConfig = field(default_factory=_prune_phase)  # gates + weights
@@ -141,6 +142,10 @@ class PruneConfig:
         bad = [k for k in self.kinds if k not in GATE_KINDS]
         if bad or not self.kinds:
             raise ConfigError(f"prune.kinds: unknown {bad}; choose from {list(GATE_KINDS)}")
+        if self.target_start not in ("initial", "zero"):
+            raise ConfigError(
+                f"prune.target_start must be initial or zero, got {self.target_start!r}"
+            )
         if not 0.0 <= self.target_warmup <= 1.0:
             raise ConfigError(f"prune.target_warmup must be in [0, 1], got {self.target_warmup}")
         lo_hi = self.log_alpha_clamp

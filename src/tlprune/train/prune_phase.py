@@ -139,7 +139,10 @@ def run_prune_phase(
     )
     inner: GatedModel = accelerator.unwrap_model(gm)
     steps = total_steps(phase, len(loader))  # per process, after sharding
-    schedule = TargetSchedule(pc.sparsity, round(pc.target_warmup * steps))
+    initial = 0.0
+    if pc.target_start == "initial":  # the gates as initialised: a checkpoint loads later
+        initial = min(float(inner.gates.expected_sparsity().detach()), pc.sparsity)
+    schedule = TargetSchedule(pc.sparsity, round(pc.target_warmup * steps), initial=initial)
     hold_from = schedule.warmup_steps
     eval_every = phase.eval_every or max(1, len(loader) // phase.grad_accum)
     if teacher is not None:
