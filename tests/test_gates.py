@@ -385,3 +385,10 @@ def test_final_masks_validates():
         final_masks({}, TINY, 1.0)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         final_masks({"mha": torch.tensor([1.5, 0.2])}, TINY, 0.5)
+
+
+def test_target_schedule_from_initial_sparsity():
+    sched = TargetSchedule(0.8, warmup_steps=100, initial=0.4)
+    assert sched(0) == pytest.approx(0.4)
+    assert sched(50) == pytest.approx(0.6)
+    assert sched(100) == pytest.approx(0.8) and sched(500) == pytest.approx(0.8)

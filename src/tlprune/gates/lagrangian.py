@@ -76,7 +76,7 @@ class TargetSchedule:
     def __post_init__(self) -> None:
         if not (0.0 <= self.final < 1.0 and 0.0 <= self.initial < 1.0):
             raise GateConfigError(
-                f"target sparsities must be in [0, 1), got {self.initial} -> {self.final}"
+                f"target sparsity must be in [0, 1), got {self.initial} -> {self.final}"
             )
         if self.warmup_steps < 0 or self.start_step < 0:
             raise GateConfigError(
