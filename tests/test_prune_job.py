@@ -84,7 +84,15 @@ def test_prune_writes_complete_small_model(tmp_path, tiny_bert_dir, data):
     assert report["params"]["pruned"]["total"] < report["params"]["dense"]["total"]
     assert set(report["seconds"]) >= {"warm", "prune", "final", "total"}
     assert result.model.config.model_type == "tlprune"
-    # the saved model evaluates through `tlprune eval`
+    # the saved model loads through the public API and gives the in-memory model's outputs
+    import tlprune
+
+    loaded, tokenizer = tlprune.load(out)
+    batch = tokenizer(["great movie", "awful phone"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ref = result.model.eval()(**batch).logits
+        assert torch.allclose(loaded(**batch).logits, ref, atol=1e-5)
+    # and evaluates through `tlprune eval`
     assert main(["eval", str(out), "--target", str(data)]) == 0
 
 

@@ -7,9 +7,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from tlprune.api import evaluate as evaluate
     from tlprune.api import finetune as finetune
+    from tlprune.api import load as load
+    from tlprune.api import prune as prune
 
-_LAZY = {"finetune": "tlprune.api", "RunConfig": "tlprune.config", "TlpruneError": "tlprune.errors"}
+_LAZY = {
+    "finetune": "tlprune.api",
+    "prune": "tlprune.api",
+    "evaluate": "tlprune.api",
+    "load": "tlprune.api",
+    "RunConfig": "tlprune.config",
+    "TlpruneError": "tlprune.errors",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +31,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tlprune' has no attribute {name!r}")
 
 
-__all__ = ["RunConfig", "TlpruneError", "__version__", "finetune"]
+__all__ = ["RunConfig", "TlpruneError", "__version__", "evaluate", "finetune", "load", "prune"]
