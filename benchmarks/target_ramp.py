@@ -40,13 +40,16 @@ def main() -> None:
     args = ap.parse_args()
     marks = [100, args.warmup, 300, 450, args.steps - 1]
     print(f"expected sparsity at steps {marks} (warm-up {args.warmup}, lr {args.lr})")
-    print("| target | ramp from | s at start | " + " | ".join(map(str, marks)) +
-          " | max |s - t| after warm-up |")
+    print(
+        "| target | ramp from | s at start | "
+        + " | ".join(map(str, marks))
+        + " | max |s - t| after warm-up |"
+    )
     print("|---" * (len(marks) + 4) + "|")
     for final in (0.6, 0.8, 0.9):
         for start in ("zero", "initial"):
             s0, traj = trajectory(final, start, args.steps, args.warmup, args.lr, seed=0)
-            worst = max(abs(s - final) for s in traj[args.warmup:])
+            worst = max(abs(s - final) for s in traj[args.warmup :])
             cells = " | ".join(f"{traj[m]:.3f}" for m in marks)
             print(f"| {final} | {start} | {s0:.3f} | {cells} | {worst:.3f} |")
 
