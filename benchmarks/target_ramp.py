@@ -15,8 +15,10 @@ from tlprune.gates.lagrangian import make_gate_optimizers
 MINILM = UnitSizes(num_layers=6, num_heads=12, head_size=32, hidden=384, ffn=1536)
 
 
-def trajectory(final: float, start: str, steps: int, warmup: int, lr: float, seed: int):
-    gates, lagrangian = GateSet(GateConfig(), MINILM, seed=seed), Lagrangian()
+def trajectory(
+    final: float, start: str, steps: int, warmup: int, lr: float, seed: int, init: float = 0.0
+):
+    gates, lagrangian = GateSet(GateConfig(init_log_alpha=init), MINILM, seed=seed), Lagrangian()
     gate_opt, lambda_opt = make_gate_optimizers(gates, lagrangian, lr)
     s0 = float(gates.expected_sparsity().detach())
     schedule = TargetSchedule(final, warmup, initial=min(s0, final) if start == "initial" else 0)
@@ -37,9 +39,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--warmup", type=int, default=180)
     ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--init", type=float, default=0.0, help="initial log-alpha")
     args = ap.parse_args()
     marks = [100, args.warmup, 300, 450, args.steps - 1]
-    print(f"expected sparsity at steps {marks} (warm-up {args.warmup}, lr {args.lr})")
+    print(f"expected sparsity at steps {marks} (warm-up {args.warmup}, lr {args.lr}, "
+          f"init log-alpha {args.init})")
     print(
         "| target | ramp from | s at start | "
         + " | ".join(map(str, marks))
@@ -48,7 +52,7 @@ def main() -> None:
     print("|---" * (len(marks) + 4) + "|")
     for final in (0.6, 0.8, 0.9):
         for start in ("zero", "initial"):
-            s0, traj = trajectory(final, start, args.steps, args.warmup, args.lr, seed=0)
+            s0, traj = trajectory(final, start, args.steps, args.warmup, args.lr, 0, args.init)
             worst = max(abs(s - final) for s in traj[args.warmup :])
             cells = " | ".join(f"{traj[m]:.3f}" for m in marks)
             print(f"| {final} | {start} | {s0:.3f} | {cells} | {worst:.3f} |")
