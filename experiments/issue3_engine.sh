@@ -22,4 +22,4 @@ for sp in 0.8 0.6; do
   run cofi-distill-$sp-s$SEED prune --preset cofi-distill --model minilm --target vader-amazon \
     --budget 1024 --sparsity $sp --seed $SEED distill.teacher=$OUT/dense-s$SEED
 done
-python3 experiments/summarize.py "$OUT"
+python3 experiments/summarize.py "$OUT" --save experiments/results/$(basename "$OUT")

@@ -1,24 +1,58 @@
-"""Print a Markdown table of the runs in a folder (metrics.json / prune_report.json)."""
+"""Summarise a folder of runs (metrics.json / prune_report.json) as a Markdown table.
 
+    python experiments/summarize.py runs/issue3 [--save experiments/results/issue3]
+
+`--save` copies each run's report (small JSON files, no weights) next to the table so the
+results can be committed.
+"""
+
+import argparse
 import json
-import sys
+import shutil
 from pathlib import Path
 
-root = Path(sys.argv[1])
-print("| run | test acc | macro-F1 | target sparsity | achieved | params | wall s |")
-print("|---|---|---|---|---|---|---|")
-for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".partial")):
-    if (d / "prune_report.json").is_file():
-        r = json.loads((d / "prune_report.json").read_text())
-        sp = r["sparsity"]
-        print(
-            f"| {d.name} | {r['test']['accuracy']:.4f} | {r['test']['macro_f1']:.4f} | "
-            f"{sp['target']} | {sp['achieved']:.4f} | {r['params']['pruned']['total']:,} | "
-            f"{r['seconds']['total']:.0f} |"
-        )
-    elif (d / "metrics.json").is_file():
-        m = json.loads((d / "metrics.json").read_text())
-        print(
-            f"| {d.name} | {m['test']['accuracy']:.4f} | {m['test']['macro_f1']:.4f} | 0 | 0 | "
-            f"dense | {m['total_seconds']:.0f} |"
-        )
+
+def rows(root: Path):
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".partial")):
+        if (d / "prune_report.json").is_file():
+            r = json.loads((d / "prune_report.json").read_text())
+            sp, pruned = r["sparsity"], r["params"]["pruned"]
+            yield d, "prune_report.json", (
+                f"| {d.name} | {r['preset']} | {r['test']['accuracy']:.4f} | "
+                f"{r['test']['macro_f1']:.4f} | {sp['target']} | {sp['achieved']:.4f} | "
+                f"{sp['expected_at_end']:.3f} | {pruned['total']:,} | {pruned['num_layers']}/"
+                f"{pruned['heads']}/{pruned['ffn_units']}/{pruned['hidden']} | "
+                f"{r['seconds']['total']:.0f} |"
+            )
+        elif (d / "metrics.json").is_file():
+            m = json.loads((d / "metrics.json").read_text())
+            yield d, "metrics.json", (
+                f"| {d.name} | {m['method']} | {m['test']['accuracy']:.4f} | "
+                f"{m['test']['macro_f1']:.4f} | 0 | 0 | - | dense | - | "
+                f"{m['total_seconds']:.0f} |"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--save", type=Path)
+    args = ap.parse_args()
+    lines = [
+        "| run | method | test acc | macro-F1 | target sparsity | achieved | expected at end "
+        "| params | layers/heads/FFN units/hidden | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d, name, line in rows(args.root):
+        lines.append(line)
+        if args.save:
+            args.save.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(d / name, args.save / f"{d.name}.json")
+    table = "\n".join(lines)
+    print(table)
+    if args.save:
+        (args.save / "summary.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
