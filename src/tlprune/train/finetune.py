@@ -36,18 +36,23 @@ class FinetuneResult:
     out_dir: Path | None
 
 
-def check_out_dir(cfg: RunConfig) -> Path | None:
-    """Refuse to clobber a previous run unless asked to."""
-    if cfg.out is None:
-        return None
-    out = Path(cfg.out).expanduser()
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+def check_out_path(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty previous run unless --overwrite (changes nothing)."""
+    if out.exists() and not out.is_dir():
+        raise TlpruneError(f"--out {out} is a file, not a directory: choose another path")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise TlpruneError(
             f"output directory {out} already exists and is not empty: "
             "choose another --out or pass --overwrite"
         )
-    if out.exists() and not out.is_dir():
-        raise TlpruneError(f"--out {out} is a file, not a directory: choose another path")
+
+
+def check_out_dir(cfg: RunConfig) -> Path | None:
+    """The run's output directory, checked; None when the run saves nothing."""
+    if cfg.out is None:
+        return None
+    out = Path(cfg.out).expanduser()
+    check_out_path(out, cfg.overwrite)
     return out
 
 

@@ -27,7 +27,7 @@ from tlprune.models import load_classifier, load_tokenizer, resolve_model
 from tlprune.paths import atomic_dir
 from tlprune.train.checkpoint import CheckpointManager
 from tlprune.train.evaluate import predict, save_predictions
-from tlprune.train.finetune import make_loaders, smoke_train
+from tlprune.train.finetune import check_out_path, make_loaders, smoke_train
 from tlprune.train.loop import train_classifier
 from tlprune.train.metrics_log import make_accelerator
 
@@ -71,10 +71,7 @@ def check_workdir(cfg: RunConfig, out: Path, resume: bool) -> Path:
     Changes nothing: every process checks before the main one starts the workdir.
     """
     work = out.with_name(out.name + ".partial")
-    if out.exists() and not out.is_dir():
-        raise TlpruneError(f"--out {out} is a file, not a directory: choose another path")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise TlpruneError(f"output {out} already exists: choose another --out or pass --overwrite")
+    check_out_path(out, cfg.overwrite)
     if resume:
         saved = work / "config.yaml"
         if not saved.is_file():
