@@ -187,7 +187,7 @@ def test_failed_run_leaves_no_output(tmp_path, tiny_bert_dir, data_csv, capsys, 
     assert not out.exists() and list(tmp_path.glob(".run.*")) == []
 
 
-@pytest.mark.parametrize("cmd", ["bench", "study", "report"])
+@pytest.mark.parametrize("cmd", ["study", "report"])
 def test_unbuilt_commands_say_so(cmd, capsys):
     code, _, err = run_cli([cmd, "--target", "x"], capsys)
     assert code == 2 and "not built yet" in err

@@ -231,10 +231,41 @@ def export(
     print(f"wrote {path}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench() -> None:
-    """Measure latency, throughput and FLOPs of pruned vs dense (not built yet)."""
-    _not_built("bench", "it lands with the speed work")
+@app.command()
+def bench(
+    model_dir: Annotated[Path, typer.Argument(help="A saved (pruned) model directory.")],
+    against: Annotated[
+        str | None,
+        typer.Option(
+            "--against",
+            help="Dense model: directory, alias or hub id (default: the run's base model).",
+        ),
+    ] = None,
+    backends: Annotated[
+        str, typer.Option("--backends", help="Comma list: eager, compile, onnxruntime.")
+    ] = "eager,compile,onnxruntime",
+    tokens: Annotated[int, typer.Option("--tokens", help="Sequence length.")] = 128,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per model (>= 10).")] = 10,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads (default: torch's).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write results here (default DIR/bench.json).")
+    ] = None,
+) -> None:
+    """Parameters, MACs, latency (batch 1) and throughput (batch 32) of a pruned model against
+    its dense original, interleaved in one process; ratios beside the FLOPs ratio."""
+    from tlprune.bench import BenchConfig, format_table
+    from tlprune.bench import bench as run_bench
+
+    cfg = BenchConfig(
+        backends=[b.strip() for b in backends.split(",") if b.strip()],
+        shapes=[[1, tokens], [32, tokens]],
+        repeats=repeats,
+        threads=threads,
+    )
+    info = run_bench(model_dir, against, cfg, json_out or Path(model_dir) / "bench.json")
+    print(format_table(info))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

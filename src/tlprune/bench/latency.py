@@ -1,18 +1,47 @@
-"""Interleaved latency of two models on the same inputs: medians over repeats, and ratios."""
+"""Interleaved timing of several callables on the same inputs: medians over repeats."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 
-def _inputs(vocab: int, batch: int, seq: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_inputs(vocab: int, batch: int, seq: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Unpadded random token ids (never the special ids below 5) and a full attention mask."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, vocab, (batch, seq), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Median, min and max seconds per call of each function, run round-robin after warm-up
+    so that machine noise hits every function alike."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {
+        name: {
+            "median_s": statistics.median(ts),
+            "min_s": min(ts),
+            "max_s": max(ts),
+            "repeats": len(ts),
+        }
+        for name, ts in times.items()
+    }
 
 
 @torch.inference_mode()
@@ -24,28 +53,12 @@ def compare_latency(
     warmup: int = 3,
     threads: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Median and spread of forward-pass seconds per model, runs interleaved round-robin so
-    that machine noise hits every model alike."""
+    """Forward-pass seconds of PyTorch models on the same random batch, interleaved."""
     if threads is not None:
         torch.set_num_threads(threads)
     vocab = min(m.config.vocab_size for m in models.values())
-    inputs = _inputs(vocab, batch, seq)
+    inputs = random_inputs(vocab, batch, seq)
     for m in models.values():
         m.eval()
-        for _ in range(warmup):
-            m(**inputs)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, m in models.items():
-            t0 = time.perf_counter()
-            m(**inputs)
-            times[name].append(time.perf_counter() - t0)
-    return {
-        name: {
-            "median_s": statistics.median(ts),
-            "min_s": min(ts),
-            "max_s": max(ts),
-            "repeats": len(ts),
-        }
-        for name, ts in times.items()
-    }
+    fns = {name: (lambda m=m: m(**inputs)) for name, m in models.items()}
+    return time_interleaved(fns, repeats, warmup)

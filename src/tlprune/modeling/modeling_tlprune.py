@@ -220,9 +220,15 @@ class TlpruneAttention(nn.Module):
         q = self.query(x).unflatten(-1, shape).transpose(1, 2)  # [B, H, T, dh]
         k = self.key(x).unflatten(-1, shape).transpose(1, 2)
         v = self.value(x).unflatten(-1, shape).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_size**-0.5) + additive_mask
-        probs = self.dropout(torch.softmax(scores, dim=-1))
-        context = torch.matmul(probs, v)
+        # One fused kernel (PyTorch's SDPA), as the dense BERT uses: an eager softmax path here
+        # made pruned models trail their FLOPs ratio.
+        context = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=additive_mask,
+            dropout_p=self.dropout.p if self.training else 0.0,
+        )
         if z_head is not None:
             context = context * z_head.to(context.dtype).view(1, -1, 1, 1)
         return self.output(context.transpose(1, 2).flatten(-2))
@@ -338,9 +344,9 @@ class TlprunePreTrainedModel(PreTrainedModel):
         return super().from_pretrained(*args, **kwargs)
 
 
-def _additive_mask(attention_mask, input_ids, dtype) -> torch.Tensor:
+def _additive_mask(attention_mask, input_ids, dtype) -> torch.Tensor | None:
     if attention_mask is None:
-        return torch.zeros((), dtype=dtype, device=input_ids.device)
+        return None
     mask = attention_mask[:, None, None, :].to(dtype)
     return (1.0 - mask) * torch.finfo(dtype).min
 

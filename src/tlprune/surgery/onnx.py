@@ -31,7 +31,13 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, opset: int = DEFAUL
     """Write `out_path` (.onnx) with inputs input_ids, attention_mask[, token_type_ids] (int64,
     [batch, sequence]) and output logits [batch, num_labels]; returns the path."""
     model, _ = load(model_dir)
-    with_types = model.config.type_vocab_size > 0
+    return export_module(model, out_path, opset)
+
+
+def export_module(model: nn.Module, out_path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Export any loaded sequence classifier (tlprune or a dense HF BERT/RoBERTa) like
+    `export_onnx`; the benchmark uses it for the dense side."""
+    with_types = getattr(model.config, "type_vocab_size", 0) > 0
     wrapper = _LogitsOnly(model, with_types).eval()
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_types else [])
     # A dummy batch: no padding token, so RoBERTa-style positions are traced on real ids.

@@ -1,0 +1,79 @@
+"""Inference backends for the benchmark: each turns a model into a `run(inputs)` callable.
+
+A backend that cannot run here (no compiler for torch.compile, onnxruntime not installed)
+raises `BackendUnavailable` with the reason; the benchmark reports it and goes on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+Runner = Callable[[dict[str, torch.Tensor]], Any]
+
+
+class BackendUnavailable(RuntimeError):
+    """This backend cannot run on this machine; the message says why."""
+
+
+def eager(model: torch.nn.Module, threads: int) -> Runner:
+    model.eval()
+
+    @torch.inference_mode()
+    def run(inputs):
+        return model(**inputs).logits
+
+    return run
+
+
+def compiled(model: torch.nn.Module, threads: int) -> Runner:
+    model.eval()
+    try:
+        fn = torch.compile(model, dynamic=False)
+    except Exception as exc:
+        raise BackendUnavailable(f"torch.compile failed: {str(exc).splitlines()[0]}") from None
+
+    @torch.inference_mode()
+    def run(inputs):
+        return fn(**inputs).logits
+
+    return run
+
+
+def onnxruntime(model: torch.nn.Module, threads: int) -> Runner:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable(
+            "onnxruntime is not installed (pip install 'tlprune[onnx]')"
+        ) from None
+    from tlprune.surgery.onnx import export_module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_module(model.eval(), Path(tmp) / "model.onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    names = {i.name for i in session.get_inputs()}
+
+    def run(inputs):
+        feed = {k: v.numpy() for k, v in inputs.items() if k in names}
+        if "token_type_ids" in names and "token_type_ids" not in feed:
+            feed["token_type_ids"] = torch.zeros_like(inputs["input_ids"]).numpy()
+        return session.run(None, feed)[0]
+
+    return run
+
+
+BACKENDS: dict[str, Callable[[Any, int], Runner]] = {
+    "eager": eager,
+    "compile": compiled,
+    "onnxruntime": onnxruntime,
+}
