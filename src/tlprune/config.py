@@ -179,6 +179,10 @@ class DistillConfig:
             raise ConfigError("distill weights must be >= 0")
 
 
+# The transfer settings live in their own module (one concept per file); they need TrainConfig.
+from tlprune.transfer.config import TransferConfig  # noqa: E402
+
+
 @dataclass
 class RunConfig:
     """A whole run: what to start from, what data, how to train, where to write."""
@@ -189,6 +193,7 @@ class RunConfig:
     preset: str = "cofi"
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     seed: int = 0
     out: str | None = None
     overwrite: bool = False  # replace an existing output directory

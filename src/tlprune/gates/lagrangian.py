@@ -35,7 +35,7 @@ class Lagrangian(nn.Module):
 
 def make_gate_optimizers(
     gates: nn.Module | Iterable[Tensor],
-    lagrangian: Lagrangian,
+    lagrangian: Lagrangian | Iterable[Tensor],
     lr: float = 1e-2,
     lambda_lr: float | None = None,
 ) -> tuple[torch.optim.AdamW, torch.optim.AdamW]:
@@ -48,8 +48,9 @@ def make_gate_optimizers(
     if lr <= 0 or (lambda_lr is not None and lambda_lr <= 0):
         raise GateConfigError(f"gate and lambda learning rates must be positive, got {lr}")
     gate_opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    lambdas = lagrangian.parameters() if isinstance(lagrangian, nn.Module) else lagrangian
     lambda_opt = torch.optim.AdamW(
-        lagrangian.parameters(),
+        list(lambdas),
         lr=lr if lambda_lr is None else lambda_lr,
         weight_decay=0.0,
         maximize=True,

@@ -51,6 +51,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU tensors for safetensors, which refuses shared memory: a tensor met again (weights
+    tied between the branches of a transfer run) is saved as a copy under its second name."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in state.items():
+        t = v.detach().cpu()
+        out[k] = t.clone() if t.data_ptr() in seen else t.contiguous()
+        seen.add(t.data_ptr())
+    return out
+
+
 class CheckpointManager:
     """Keeps the last `keep` checkpoints of a phase under `root/step-NNNNNN`."""
 
@@ -76,8 +88,7 @@ class CheckpointManager:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for name, module in modules.items():
-            state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-            save_file(state, tmp / f"{name}.safetensors")
+            save_file(_unshared(module.state_dict()), tmp / f"{name}.safetensors")
         torch.save(
             {"optimizers": {n: o.state_dict() for n, o in optimizers.items()}, "rng": _rng_state()},
             tmp / "state.pt",

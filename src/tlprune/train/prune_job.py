@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,8 +182,12 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
     from tlprune.gates import GateConfig, GateSet
     from tlprune.modeling import TlpruneForSequenceClassification
     from tlprune.surgery import param_report, prune_model
+    from tlprune.train.aux_stage import run_aux_stage
     from tlprune.train.distill import Distiller
-    from tlprune.train.prune_phase import run_prune_phase
+    from tlprune.train.prune_phase import PrunePhaseResult, run_prune_phase
+    from tlprune.transfer.aux import load_aux
+    from tlprune.transfer.branch import build_branch
+    from tlprune.transfer.groups import copy_log_alphas, copy_weights
 
     started = time.perf_counter()
     if cfg.smoke:
@@ -195,6 +200,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
     budget = draw_budget(
         task.train["label"], cfg.data.budget, cfg.seed, cfg.data.dev_fraction, task.num_labels
     )
+    aux_data = [load_aux(a, task, budget, cfg.seed) for a in cfg.transfer.aux]
     # Without a GPU, processes started by torchrun are CPU workers (Accelerate's MULTI_CPU).
     state = PartialState(
         cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
@@ -239,25 +245,46 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         teacher = load_teacher(tdir, task.label_names)
         seconds["teacher"] = time.perf_counter() - t0
 
+    # -- auxiliary stage (sequential coupling: stilts, sequential) ------------------------------
+    tc = cfg.transfer
+    gate_cfg = GateConfig(
+        kinds=list(cfg.prune.kinds),
+        init_log_alpha=cfg.prune.init_log_alpha,
+        log_alpha_min=cfg.prune.log_alpha_clamp[0],
+        log_alpha_max=cfg.prune.log_alpha_clamp[1],
+    )
+    stage = None
+    if tc.coupling == "sequential":
+        base = from_hf(load_classifier(cfg.model.name, task.label_names))
+        sizes = unit_sizes(base.config)
+        branch = build_branch(base, None, aux_data, tokenizer, tc, gate_cfg, sizes, cfg.seed)
+        stage = run_aux_stage(branch, cfg, accelerator, work, log_path)
+        seconds["aux"] = stage.seconds
+        del base, branch
+
     # -- warm fine-tune -------------------------------------------------------------------------
     t0 = time.perf_counter()
     warm_dir = work / "warm"
+    fixed = stage is not None and stage.masks is not None and tc.variant == "fixed_masks"
     if (warm_dir / "config.json").is_file():
         model = TlpruneForSequenceClassification.from_pretrained(warm_dir)
     else:
         model = from_hf(load_classifier(cfg.model.name, task.label_names))
-        train_dl, dev_dl, _ = loaders(2, cfg.prune.warm)
-        train_classifier(
-            model,
-            train_dl,
-            dev_dl,
-            cfg.prune.warm,
-            task.num_labels,
-            accelerator,
-            log_path,
-            desc="warm",
-        )
-        model = accelerator.unwrap_model(model)
+        if stage is not None:
+            copy_weights(stage.encoder, model.tlprune, tc.weights)
+        if not fixed:  # with A's masks fixed, T trains only as the small model (final phase)
+            train_dl, dev_dl, _ = loaders(2, cfg.prune.warm)
+            train_classifier(
+                model,
+                train_dl,
+                dev_dl,
+                cfg.prune.warm,
+                task.num_labels,
+                accelerator,
+                log_path,
+                desc="warm",
+            )
+            model = accelerator.unwrap_model(model)
         _save_main(accelerator, model, warm_dir)
         accelerator.free_memory()
     seconds["warm"] = time.perf_counter() - t0
@@ -265,44 +292,55 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
 
     # -- prune ----------------------------------------------------------------------------------
     sizes = unit_sizes(model.config)
-    gates = GateSet(
-        GateConfig(
-            kinds=list(cfg.prune.kinds),
-            init_log_alpha=cfg.prune.init_log_alpha,
-            log_alpha_min=cfg.prune.log_alpha_clamp[0],
-            log_alpha_max=cfg.prune.log_alpha_clamp[1],
-        ),
-        sizes,
-        seed=cfg.seed,
-    )
-    distiller = None
-    if teacher is not None:
-        distiller = Distiller(
-            cfg.distill,
-            model.config.hidden_size,
-            teacher.config.hidden_size,
-            teacher.config.num_hidden_layers,
+    if fixed:
+        phase = PrunePhaseResult(
+            masks=stage.masks,
+            best_dev={},
+            best_step=0,
+            steps=0,
+            expected_sparsity=stage.expected_sparsity,
+            target=tc.aux_sparsity or cfg.prune.sparsity,
+            seconds=0.0,
+            warnings=[],
         )
-    collate = ClassificationCollator(tokenizer, task.max_length)
-    _, dev_dl, _ = loaders(3, cfg.prune.prune)
-    phase = run_prune_phase(
-        model,
-        gates,
-        task.train.select(budget.train),
-        collate,
-        dev_dl,
-        cfg,
-        task.num_labels,
-        accelerator,
-        CheckpointManager(work / "checkpoints"),
-        resume,
-        teacher,
-        distiller,
-        log_path,
-        on_step,
-    )
-    seconds["prune"] = phase.seconds
-    accelerator.free_memory()
+    else:
+        gates = GateSet(gate_cfg, sizes, seed=cfg.seed)
+        if stage is not None and stage.gates is not None:  # reprune: A's log-alphas as T's start
+            copy_log_alphas(stage.gates, gates, tc.masks)
+        distiller = None
+        if teacher is not None:
+            distiller = Distiller(
+                cfg.distill,
+                model.config.hidden_size,
+                teacher.config.hidden_size,
+                teacher.config.num_hidden_layers,
+            )
+        branch = None
+        if tc.coupling in ("shared", "soft"):
+            branch = build_branch(model, gates, aux_data, tokenizer, tc, gate_cfg, sizes, cfg.seed)
+            if accelerator.is_main_process:
+                print(branch.memory_note(), file=sys.stderr)
+        collate = ClassificationCollator(tokenizer, task.max_length)
+        _, dev_dl, _ = loaders(3, cfg.prune.prune)
+        phase = run_prune_phase(
+            model,
+            gates,
+            task.train.select(budget.train),
+            collate,
+            dev_dl,
+            cfg,
+            task.num_labels,
+            accelerator,
+            CheckpointManager(work / "checkpoints"),
+            resume,
+            teacher,
+            distiller,
+            log_path,
+            on_step,
+            branch,
+        )
+        seconds["prune"] = phase.seconds
+        accelerator.free_memory()
 
     # -- surgery and final fine-tune -------------------------------------------------------------
     t0 = time.perf_counter()
@@ -350,6 +388,21 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         },
         "warnings": phase.warnings,
         "distill": cfg.distill.enabled,
+        "transfer": {
+            "coupling": tc.coupling,
+            "variant": tc.variant if tc.coupling == "sequential" else None,
+            "aux": [
+                {
+                    "name": d.name,
+                    "task": d.cfg.task,
+                    "weight": d.cfg.weight,
+                    "examples": len(d.rows),
+                    "notes": d.notes,
+                }
+                for d in aux_data
+            ],
+            "aux_stage_steps": stage.steps if stage is not None else 0,
+        },
         "processes": accelerator.num_processes,
         "smoke": cfg.smoke,
         "notes": task.notes,

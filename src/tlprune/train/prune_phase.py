@@ -32,14 +32,22 @@ from tlprune.train.sampler import EpochShuffle
 class GatedModel(nn.Module):
     """The full-size encoder with its gates, Lagrangian and distiller: one module to prepare."""
 
-    def __init__(self, model: nn.Module, gates: GateSet, lagrangian: Lagrangian, distiller=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        gates: GateSet,
+        lagrangian: Lagrangian,
+        distiller=None,
+        branch: nn.Module | None = None,
+    ):
         super().__init__()
         self.model = model
         self.gates = gates
         self.lagrangian = lagrangian
         self.distiller = distiller
+        self.branch = branch  # the auxiliary branch of a transfer run (transfer/branch.py)
 
-    def forward(self, batch: dict, target: float, teacher_out: Any = None):
+    def forward(self, batch: dict, target: float, teacher_out: Any = None, step: int = 0):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         labels = batch["labels"]
         z = self.gates()
@@ -70,7 +78,12 @@ class GatedModel(nn.Module):
         s_hat = self.gates.expected_sparsity().to(task.dtype)
         lag = self.lagrangian(s_hat, target)
         parts.update(task=task.detach(), lagrangian=lag.detach(), expected_sparsity=s_hat.detach())
-        return task + lag, parts
+        loss = task + lag
+        if self.branch is not None:
+            extra, aux_parts = self.branch(step, z, task.device)
+            loss = loss + extra
+            parts.update(aux_parts)
+        return loss, parts
 
 
 class WithMasks(nn.Module):
@@ -116,6 +129,7 @@ def run_prune_phase(
     distiller: nn.Module | None = None,
     log_path: Path | None = None,
     on_step: Any = None,
+    branch: Any = None,
 ) -> PrunePhaseResult:
     """Train weights and gates against task loss + Lagrangian; leave `model` at its best
     dev state and return the exact-budget masks chosen with it."""
@@ -128,12 +142,19 @@ def run_prune_phase(
     set_trainable(model, phase.freeze)
     accelerator.gradient_accumulation_steps = phase.grad_accum
     lagrangian = Lagrangian()
-    gm = GatedModel(model, gates, lagrangian, distiller)
+    gm = GatedModel(model, gates, lagrangian, distiller, branch)
     weights = [p for p in model.parameters() if p.requires_grad]
     if distiller is not None:
         weights += list(distiller.parameters())
+    gate_params, lambda_params = list(gates.parameters()), list(lagrangian.parameters())
+    if branch is not None:
+        set_trainable(branch.encoder, phase.freeze)
+        weights += [p for p in branch.weight_params() if p.requires_grad]
+        if branch.gates is not None:
+            gate_params += list(branch.gates.parameters())
+            lambda_params += list(branch.lagrangian.parameters())
     w_opt = torch.optim.AdamW(weights, lr=phase.lr, weight_decay=phase.weight_decay)
-    gate_opt, lambda_opt = make_gate_optimizers(gates, lagrangian, pc.gate_lr)
+    gate_opt, lambda_opt = make_gate_optimizers(gate_params, lambda_params, pc.gate_lr)
     gm, w_opt, gate_opt, lambda_opt, loader, dev_loader = accelerator.prepare(
         gm, w_opt, gate_opt, lambda_opt, loader, dev_loader
     )
@@ -144,6 +165,10 @@ def run_prune_phase(
         initial = min(float(inner.gates.expected_sparsity().detach()), pc.sparsity)
     schedule = TargetSchedule(pc.sparsity, round(pc.target_warmup * steps), initial=initial)
     hold_from = schedule.warmup_steps
+    if branch is not None:
+        aux_sparsity = cfg.transfer.aux_sparsity or pc.sparsity
+        aux_schedule = TargetSchedule(aux_sparsity, schedule.warmup_steps, initial=initial)
+        inner.branch.bind(steps, schedule.warmup_steps, aux_schedule)
     eval_every = phase.eval_every or max(1, len(loader) // phase.grad_accum)
     if teacher is not None:
         teacher = accelerator.prepare_model(teacher, evaluation_mode=True).eval()
@@ -157,6 +182,9 @@ def run_prune_phase(
     latest = ckpt.latest() if resume else None
     if latest is not None:
         progress = ckpt.load(latest, modules, optimizers)
+        if branch is not None:  # auxiliary streams are not checkpointed: a new stream per resume
+            for k, task in enumerate(inner.branch.tasks):
+                task.reseed(cfg.seed * 100_003 + progress.step * 31 + k)
         if (latest / "best_model.safetensors").is_file():
             best_state = load_file(latest / "best_model.safetensors")
             # binary masks that met the budget come back unchanged from final_masks
@@ -222,7 +250,7 @@ def run_prune_phase(
                         inputs = {k: v for k, v in batch.items() if k != "labels"}
                         teacher_out = teacher(**inputs, output_hidden_states=True)
                 with accelerator.accumulate(gm):
-                    loss, parts = gm(batch, target, teacher_out)
+                    loss, parts = gm(batch, target, teacher_out, progress.step)
                     if not torch.isfinite(loss):
                         raise TlpruneError(
                             f"pruning loss became {loss.item()} at step {progress.step}: lower "
@@ -235,6 +263,8 @@ def run_prune_phase(
                         opt.step()
                         opt.zero_grad()
                 inner.gates.clamp_()
+                if branch is not None and inner.branch.gates is not None:
+                    inner.branch.gates.clamp_()
                 progress.batch_in_epoch += 1
                 if not accelerator.sync_gradients:
                     continue

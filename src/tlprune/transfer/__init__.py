@@ -1,0 +1,1 @@
+"""Transfer from auxiliary data: how (coupling), what (groups) and when (schedules)."""

@@ -1,0 +1,184 @@
+"""Auxiliary tasks: their data (checked against the target's budget and test split), their
+heads, and a batch stream on its own random generator."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlprune.config import DataConfig
+from tlprune.errors import ConfigError, DataError
+from tlprune.transfer.config import AuxConfig
+from tlprune.transfer.mlm import MLMCollator, MLMHead
+
+# Above this share of the target's test texts, an auxiliary is refused rather than cleaned.
+MAX_TEST_OVERLAP = 0.01
+
+
+@dataclass
+class AuxData:
+    """One auxiliary's training rows (`text`, and `label` for classification)."""
+
+    name: str
+    cfg: AuxConfig
+    rows: Any  # datasets.Dataset
+    label_names: list[str]
+    max_length: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _text_file(path: Path) -> Any:
+    import datasets
+
+    lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines()]
+    return datasets.Dataset.from_dict({"text": [s for s in lines if s]})
+
+
+def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
+    """Rows of auxiliary `cfg` for `target` (a TaskData) under `budget`: never the target's
+    dev or test texts; its labels only when the auxiliary is another dataset."""
+    from tlprune.data.sources import load_task
+
+    notes: list[str] = []
+    if cfg.source == "target":
+        if cfg.mlm_text == "budget":
+            rows = target.train.select(budget.train)
+            notes.append(f"MLM on the {len(rows)} training texts of the budget (no extra data)")
+        else:
+            dev = set(int(i) for i in budget.dev)
+            keep = [i for i in range(len(target.train)) if i not in dev]
+            rows = target.train.select(keep)
+            notes.append(
+                f"MLM on all {len(rows)} texts of the target's training split without labels "
+                "(budget dev texts excluded)"
+            )
+        rows = rows.select_columns(["text"])
+        name, labels, max_length = "target-texts", [], target.max_length
+    elif cfg.task == "mlm" and Path(cfg.source).suffix.lower() == ".txt":
+        path = Path(cfg.source).expanduser()
+        if not path.is_file():
+            raise DataError(f"auxiliary text file {path} not found: check --aux")
+        rows, name, labels, max_length = _text_file(path), path.stem, [], target.max_length
+    else:
+        data = DataConfig(
+            target=cfg.source,
+            text_column=cfg.text_column,
+            label_column=cfg.label_column,
+            budget=None,
+            max_length=cfg.max_length,
+        )
+        aux = load_task(data)
+        if aux.name == target.name and aux.source == target.source:
+            raise ConfigError(
+                f"auxiliary {cfg.source!r} is the target itself: its labels would exceed the "
+                "budget; use MLM on the target's texts instead (--aux mlm:target)"
+            )
+        rows, name, labels, max_length = aux.train, aux.name, aux.label_names, aux.max_length
+        if cfg.task == "mlm":
+            rows, labels = rows.select_columns(["text"]), []
+    if cfg.max_length is not None:
+        max_length = cfg.max_length
+    if len(rows) == 0:
+        raise DataError(f"auxiliary {cfg.source!r} has no examples: give a source with data")
+    rows, dropped = _without_target_texts(rows, target, budget, cfg.source)
+    if dropped:
+        notes.append(f"{dropped} auxiliary rows whose text is a target dev/test text were dropped")
+    if cfg.max_examples is not None and cfg.max_examples < len(rows):
+        rows = rows.shuffle(seed=seed).select(range(cfg.max_examples))
+        notes.append(f"capped at {cfg.max_examples} examples (seeded draw)")
+    return AuxData(name, cfg, rows, labels, max_length, notes)
+
+
+def _without_target_texts(rows: Any, target: Any, budget: Any, source: str) -> tuple[Any, int]:
+    """Refuse an auxiliary made of the target's test examples; drop stray exact duplicates."""
+    test = set(target.test["text"])
+    texts = rows["text"]
+    in_test = sum(t in test for t in texts)
+    if in_test > MAX_TEST_OVERLAP * max(1, min(len(test), len(texts))):
+        raise ConfigError(
+            f"auxiliary {source!r} holds {in_test} of the target's test examples: the test split "
+            "is never trained on; give other data"
+        )
+    dev = set(target.train.select(budget.dev)["text"]) if len(budget.dev) else set()
+    keep = [i for i, t in enumerate(texts) if t not in test and t not in dev]
+    if len(keep) == len(texts):
+        return rows, 0
+    if not keep:
+        raise DataError(f"auxiliary {source!r} has no examples left once target texts are removed")
+    return rows.select(keep), len(texts) - len(keep)
+
+
+class AuxTask(nn.Module):
+    """One auxiliary: its head, its loss on the encoder, and an endless seeded batch stream."""
+
+    def __init__(self, data: AuxData, head: nn.Module, collate: Any, seed: int):
+        super().__init__()
+        self.data, self.head, self.collate = data, head, collate
+        self.name, self.weight, self.kind = data.name, data.cfg.weight, data.cfg.task
+        self.generator = torch.Generator().manual_seed(seed)
+        self._it = None
+
+    def _loader(self):
+        from torch.utils.data import DataLoader, RandomSampler
+
+        sampler = RandomSampler(self.data.rows, generator=self.generator)
+        return iter(
+            DataLoader(
+                self.data.rows,
+                batch_size=self.data.cfg.batch_size,
+                sampler=sampler,
+                collate_fn=self.collate,
+            )
+        )
+
+    def next_batch(self, device: torch.device) -> dict[str, torch.Tensor]:
+        if self._it is None:
+            self._it = self._loader()
+        try:
+            batch = next(self._it)
+        except StopIteration:  # a new epoch: the sampler's generator continues its stream
+            self._it = self._loader()
+            batch = next(self._it)
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def reseed(self, seed: int) -> None:
+        """Restart the stream from `seed` (a resumed run continues on a new stream)."""
+        self.generator.manual_seed(seed)
+        self._it = None
+
+    def loss(self, encoder: nn.Module, gates: dict | None, device: torch.device) -> torch.Tensor:
+        batch = self.next_batch(device)
+        labels = batch.pop("labels")
+        batch.pop("special_tokens_mask", None)
+        hidden = encoder(**batch, gates=gates).last_hidden_state
+        if self.kind == "mlm":
+            return self.head(hidden, labels, encoder.embeddings.word_embeddings.weight)
+        return F.cross_entropy(self.head(hidden), labels)
+
+
+def build_aux_task(data: AuxData, model: nn.Module, tokenizer: Any, seed: int) -> AuxTask:
+    """A head for `data` beside the target classifier `model` (a Tlprune classifier)."""
+    from tlprune.data.collate import ClassificationCollator
+    from tlprune.modeling.modeling_tlprune import TlpruneClassificationHead
+
+    cfg = model.config
+    if data.cfg.task == "mlm":
+        head = MLMHead(cfg.hidden_size, cfg.vocab_size, cfg.hidden_act, cfg.layer_norm_eps)
+        collate = MLMCollator(tokenizer, data.max_length, data.cfg.mlm_probability, seed)
+    else:
+        head_cfg = copy.deepcopy(cfg)
+        head_cfg.num_labels = len(data.label_names)
+        head = TlpruneClassificationHead(head_cfg)
+        with torch.no_grad():  # start from the target head's pre-trained pooler, fresh logits
+            if head.dense is not None and model.classifier.dense is not None:
+                head.dense.load_state_dict(model.classifier.dense.state_dict())
+            nn.init.normal_(head.out_proj.weight, std=0.02)
+            nn.init.zeros_(head.out_proj.bias)
+        collate = ClassificationCollator(tokenizer, data.max_length)
+    return AuxTask(data, head, collate, seed)

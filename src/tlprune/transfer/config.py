@@ -1,0 +1,140 @@
+"""Typed transfer settings: auxiliaries, coupling (how), groups (what), schedules (when)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tlprune.config import TrainConfig
+from tlprune.errors import ConfigError
+
+COUPLINGS = ("none", "shared", "soft", "sequential")
+SEQUENTIAL_VARIANTS = ("fixed_masks", "reprune")
+AUX_TASKS = ("classification", "mlm")
+MLM_TARGET_TEXTS = ("budget", "train")
+PHASES = ("ramp", "hold")  # the two parts of the prune phase: target warm-up, then hold
+
+
+@dataclass
+class ScheduleConfig:
+    """A weight over the prune phase: kind (constant, linear, cosine), from `value` to `end`,
+    optional linear warm-up from 0 over `warmup` (a fraction of the phase), and zero after
+    the named part `off_after` (ramp: transfer only while the masks form)."""
+
+    kind: str = "constant"
+    value: float = 0.0
+    end: float = 0.0  # linear/cosine: the value at the end of the prune phase
+    warmup: float = 0.0
+    off_after: str | None = None
+
+    def __post_init__(self) -> None:
+        from tlprune.transfer.schedules import SCHEDULES
+
+        if self.kind not in SCHEDULES:
+            raise ConfigError(f"unknown schedule kind {self.kind!r}; choose from {list(SCHEDULES)}")
+        if self.value < 0 or self.end < 0:
+            raise ConfigError(
+                f"schedule weights must be >= 0, got value {self.value}, end {self.end}"
+            )
+        if not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"schedule warmup is a fraction in [0, 1), got {self.warmup}")
+        if self.off_after is not None and self.off_after not in PHASES:
+            raise ConfigError(f"off_after must be one of {list(PHASES)}, got {self.off_after!r}")
+
+
+@dataclass
+class AuxConfig:
+    """One auxiliary task. `source`: a bundled name, a CSV/TSV/JSONL file or a `datasets`
+    folder, or `target` (MLM on the target's own training texts, see `mlm_text`)."""
+
+    source: str = ""
+    task: str = "classification"  # classification | mlm
+    weight: float = 1.0  # alpha_k, multiplies the alpha schedule
+    text_column: str = "text"
+    label_column: str = "label"
+    mlm_text: str = "budget"  # source=target: budget (the budget's train texts) | train (all)
+    mlm_probability: float = 0.15
+    max_examples: int | None = None  # cap on auxiliary examples (None: all of its train split)
+    batch_size: int = 32
+    max_length: int | None = None  # None: the dataset's default
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ConfigError(
+                "an auxiliary needs data: set source to a bundled name, a file, a datasets "
+                "folder or `target` (e.g. --aux vader-movies or --aux mlm:target)"
+            )
+        if self.task not in AUX_TASKS:
+            raise ConfigError(f"aux task must be one of {list(AUX_TASKS)}, got {self.task!r}")
+        if self.source == "target" and self.task != "mlm":
+            raise ConfigError(
+                "source `target` gives unlabelled texts only: use it with task mlm "
+                "(the target's labels are the end task itself)"
+            )
+        if self.weight < 0:
+            raise ConfigError(f"aux weight must be >= 0, got {self.weight} for {self.source}")
+        if self.mlm_text not in MLM_TARGET_TEXTS:
+            raise ConfigError(f"mlm_text must be one of {list(MLM_TARGET_TEXTS)}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.batch_size < 1 or (self.max_examples is not None and self.max_examples < 1):
+            raise ConfigError("aux batch_size and max_examples must be >= 1")
+
+
+def _aux_stage() -> TrainConfig:
+    # One pass over a few thousand auxiliary examples (DESIGN's STILTs reference: 265 steps).
+    return TrainConfig(lr=5e-5, max_steps=265)
+
+
+@dataclass
+class TransferConfig:
+    """How the target and auxiliary branches are coupled, what is coupled, and when.
+
+    L = L_T + alpha(t) sum_k w_k L_k + beta(t) sum_W ||theta_T - theta_A||^2
+        + gamma(t) sum_M ||P_T(z>0) - P_A(z>0)||^2 + L_c(z_T) [+ L_c(z_A)]
+    """
+
+    coupling: str = "none"
+    aux: list[AuxConfig] = field(default_factory=list)
+    weights: list[str] = field(default_factory=lambda: ["all"])  # group W (transfer.groups)
+    masks: list[str] = field(default_factory=list)  # group M: gate kinds, or [all]
+    alpha: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(value=1.0))
+    beta: ScheduleConfig = field(default_factory=ScheduleConfig)
+    gamma: ScheduleConfig = field(default_factory=ScheduleConfig)
+    aux_prune: bool = False  # prune the auxiliary branch to aux_sparsity too
+    aux_sparsity: float | None = None  # None: the target's sparsity
+    variant: str = "fixed_masks"  # sequential: fixed_masks | reprune
+    aux_stage: TrainConfig = field(default_factory=_aux_stage)  # stilts / sequential, on A
+
+    def __post_init__(self) -> None:
+        from tlprune.transfer.groups import check_mask_kinds, parse_weight_groups
+
+        if self.coupling not in COUPLINGS:
+            raise ConfigError(f"unknown coupling {self.coupling!r}; choose from {list(COUPLINGS)}")
+        if self.variant not in SEQUENTIAL_VARIANTS:
+            raise ConfigError(
+                f"unknown sequential variant {self.variant!r}; choose from "
+                f"{list(SEQUENTIAL_VARIANTS)}"
+            )
+        parse_weight_groups(self.weights, num_layers=None)
+        check_mask_kinds(self.masks)
+        if self.aux_sparsity is not None and not 0.0 < self.aux_sparsity < 1.0:
+            raise ConfigError(f"aux_sparsity must be in (0, 1), got {self.aux_sparsity}")
+        if self.coupling == "none" and self.aux:
+            raise ConfigError(
+                "auxiliary data given but transfer.coupling is none (it would be ignored): use "
+                "a transfer preset (stilts, sequential, joint, transfer) or set the coupling"
+            )
+        if self.coupling != "none" and not self.aux:
+            raise ConfigError(
+                f"coupling {self.coupling} needs at least one auxiliary (--aux NAME or "
+                "transfer.aux in the config)"
+            )
+        if self.coupling == "soft" and self.masks and not self.aux_prune:
+            raise ConfigError(
+                "soft mask coupling (transfer.masks) needs gates on the auxiliary branch: "
+                "set transfer.aux_prune: true, or transfer.masks: []"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.coupling != "none" and bool(self.aux)
