@@ -70,9 +70,77 @@ def prune_step(base: str, size: int, tokens: int, freeze: list[str]) -> Step:
     return step
 
 
+def transfer_step(coupling: str) -> Callable[[str, int, int, list[str]], Step]:
+    """A two-branch pruning step: half the batch from the target, half from an auxiliary
+    classification task (same total batch as the single-branch step, DESIGN 2.9)."""
+
+    def make(base: str, size: int, tokens: int, freeze: list[str]) -> Step:
+        from tlprune.transfer.aux import AuxData
+        from tlprune.transfer.branch import build_branch
+        from tlprune.transfer.config import AuxConfig, ScheduleConfig, TransferConfig
+
+        model = from_hf(load_classifier(base, ["negative", "positive"])).train()
+        set_trainable(model, freeze)
+        gate_cfg = GateConfig(init_log_alpha=3.0)
+        sizes = unit_sizes(model.config)
+        gates = GateSet(gate_cfg, sizes, seed=0)
+        half = size // 2
+        vocab = model.config.vocab_size
+        rows = [
+            {"input_ids": r, "label": int(r[0] % 2)}
+            for r in batch(vocab, 64 * half, tokens, seed=1)["input_ids"]
+        ]
+        data = AuxData("aux", AuxConfig(source="x", batch_size=half), rows, ["a", "b"], tokens)
+        soft = coupling == "soft"
+        tc = TransferConfig(
+            coupling=coupling,
+            weights=["all"],
+            masks=["all"],
+            aux_prune=soft,
+            beta=ScheduleConfig(value=1e-3 if soft else 0.0),
+            gamma=ScheduleConfig(value=1e-2 if soft else 0.0),
+        )
+        branch = build_branch(model, gates, [data], None, tc, gate_cfg, sizes, 0)
+        task = branch.tasks[0]
+        task.collate = lambda rs: {
+            "input_ids": torch.stack([r["input_ids"] for r in rs]),
+            "attention_mask": torch.ones(len(rs), tokens, dtype=torch.long),
+            "labels": torch.tensor([r["label"] for r in rs]),
+        }
+        lag = Lagrangian()
+        gm = GatedModel(model, gates, lag, branch=branch).train()
+        set_trainable(branch.encoder, freeze)
+        weights = [p for p in model.parameters() if p.requires_grad]
+        weights += [p for p in branch.weight_params() if p.requires_grad]
+        w_opt = torch.optim.AdamW(weights, lr=2e-5)
+        gparams, lparams = list(gates.parameters()), list(lag.parameters())
+        if branch.gates is not None:
+            gparams += list(branch.gates.parameters())
+            lparams += list(branch.lagrangian.parameters())
+        g_opt, l_opt = make_gate_optimizers(gparams, lparams, 3e-2)
+        branch.bind(1000, 300, lambda step: 0.5)
+        b = batch(vocab, half, tokens)
+
+        def step() -> None:
+            loss, _ = gm(b, 0.5, None, 10)
+            loss.backward()
+            for opt in (w_opt, g_opt, l_opt):
+                opt.step()
+                opt.zero_grad()
+            gates.clamp_()
+            if branch.gates is not None:
+                branch.gates.clamp_()
+
+        return step
+
+    return make
+
+
 MODES: dict[str, Callable[[str, int, int, list[str]], Step]] = {
     "finetune": finetune_step,
     "prune": prune_step,
+    "shared": transfer_step("shared"),
+    "soft": transfer_step("soft"),
 }
 
 

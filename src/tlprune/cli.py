@@ -31,7 +31,13 @@ TargetOpt = Annotated[
     str | None,
     typer.Option("--target", help="Bundled name, CSV/TSV/JSONL file or datasets folder."),
 ]
-AuxOpt = Annotated[list[str] | None, typer.Option("--aux", help="Auxiliary data (repeatable).")]
+AuxOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--aux",
+        help="Auxiliary data, repeatable: [mlm:]SOURCE[@WEIGHT], e.g. vader-movies, mlm:target.",
+    ),
+]
 BudgetOpt = Annotated[int | None, typer.Option("--budget", help="Labelled examples (train+dev).")]
 SeedOpt = Annotated[
     int | None, typer.Option("--seed", help="Random seed (budget draw and training).")
@@ -178,14 +184,16 @@ def prune(
     from tlprune.presets import preset_dict
     from tlprune.report import print_metrics, print_prune_report
 
-    if aux:
-        raise TlpruneError(
-            "--aux is not built yet (it lands with the transfer presets); drop it for now"
-        )
     name = preset or (load_yaml(config).get("preset") if config else None) or "cofi"
     flags = _flags(model, target, budget, seed, out, smoke, overwrite)
     if sparsity is not None:
         flags["prune"] = {"sparsity": sparsity}
+    if aux:  # replaces the preset's auxiliaries
+        from dataclasses import asdict
+
+        from tlprune.transfer.config import parse_aux
+
+        flags["transfer"] = {"aux": [asdict(parse_aux(a)) for a in aux]}
     cfg = build_config(RunConfig, config, flags, overrides, base=preset_dict(name))
     result = run(config=cfg, resume=resume)
     from accelerate import PartialState

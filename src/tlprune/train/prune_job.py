@@ -63,7 +63,10 @@ def smoke_config(cfg: RunConfig) -> RunConfig:
         target_warmup=0.25,
         checkpoint_every=2,
     )
-    return dataclasses.replace(cfg, train=smoke_train(cfg.train), prune=prune)
+    transfer = dataclasses.replace(
+        cfg.transfer, aux_stage=dataclasses.replace(cfg.transfer.aux_stage, max_steps=4)
+    )
+    return dataclasses.replace(cfg, train=smoke_train(cfg.train), prune=prune, transfer=transfer)
 
 
 def check_workdir(cfg: RunConfig, out: Path, resume: bool) -> Path:
@@ -194,6 +197,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         cfg = smoke_config(cfg)
     out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
     check_phases(cfg)
+    cfg.transfer.check_ready()
     check_architecture(cfg.model.name)
     work = check_workdir(cfg, out, resume)
     task = load_task(cfg.data)

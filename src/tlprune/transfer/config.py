@@ -124,11 +124,6 @@ class TransferConfig:
                 "auxiliary data given but transfer.coupling is none (it would be ignored): use "
                 "a transfer preset (stilts, sequential, joint, transfer) or set the coupling"
             )
-        if self.coupling != "none" and not self.aux:
-            raise ConfigError(
-                f"coupling {self.coupling} needs at least one auxiliary (--aux NAME or "
-                "transfer.aux in the config)"
-            )
         if self.coupling == "soft" and self.masks and not self.aux_prune:
             raise ConfigError(
                 "soft mask coupling (transfer.masks) needs gates on the auxiliary branch: "
@@ -138,3 +133,29 @@ class TransferConfig:
     @property
     def enabled(self) -> bool:
         return self.coupling != "none" and bool(self.aux)
+
+    def check_ready(self) -> None:
+        """Before a run: a transfer coupling needs its auxiliary data (presets leave it open)."""
+        if self.coupling != "none" and not self.aux:
+            raise ConfigError(
+                f"coupling {self.coupling} needs at least one auxiliary: pass --aux NAME "
+                "(e.g. --aux vader-movies or --aux mlm:target) or set transfer.aux in the config"
+            )
+
+
+def parse_aux(spec: str) -> AuxConfig:
+    """`[mlm:]SOURCE[@WEIGHT]` from the command line: `vader-movies`, `mlm:target` (the budget's
+    texts), `mlm:target-train` (all target training texts), `mlm:notes.txt@0.5`."""
+    body, _, weight = spec.partition("@")
+    task = "classification"
+    if body.startswith("mlm:"):
+        task, body = "mlm", body[4:]
+    kw: dict = {"source": body, "task": task}
+    if body == "target-train":
+        kw.update(source="target", mlm_text="train")
+    if weight:
+        try:
+            kw["weight"] = float(weight)
+        except ValueError:
+            raise ConfigError(f"--aux {spec!r}: the weight after @ must be a number") from None
+    return AuxConfig(**kw)
