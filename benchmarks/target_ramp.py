@@ -42,8 +42,10 @@ def main() -> None:
     ap.add_argument("--init", type=float, default=0.0, help="initial log-alpha")
     args = ap.parse_args()
     marks = [100, args.warmup, 300, 450, args.steps - 1]
-    print(f"expected sparsity at steps {marks} (warm-up {args.warmup}, lr {args.lr}, "
-          f"init log-alpha {args.init})")
+    print(
+        f"expected sparsity at steps {marks} (warm-up {args.warmup}, lr {args.lr}, "
+        f"init log-alpha {args.init})"
+    )
     print(
         "| target | ramp from | s at start | "
         + " | ".join(map(str, marks))

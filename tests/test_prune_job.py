@@ -184,7 +184,7 @@ def test_roberta_prune_smoke(tmp_path, tiny_roberta_dir, data):
         (["--sparsity", "0"], "prune.sparsity must be in (0, 1)"),
         (["--preset", "cofy"], "unknown preset 'cofy'"),
         (["prune.kinds=[heads]"], "prune.kinds"),
-        (["--aux", "vader-movies"], "--aux is not built yet"),
+        (["--aux", "vader-movies"], "coupling is none"),
         (["--resume"], "nothing to resume"),
         (["prune.final.mixed_precision=bf16"], "mixed_precision differs"),
         (["--preset", "finetune", "--resume"], "--resume applies to pruning runs"),

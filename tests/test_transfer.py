@@ -1,0 +1,384 @@
+"""Transfer on tiny models: coupling (how), groups (what), schedules (when), MLM, bad input."""
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.conftest import tiny_tokenizer
+from tests.test_prune_job import sentiment_csv, tiny_cfg
+from transformers import AutoModelForSequenceClassification
+
+from tlprune.arch import from_hf, unit_sizes
+from tlprune.cli import main
+from tlprune.config import RunConfig, build_config
+from tlprune.errors import ConfigError
+from tlprune.gates import GateConfig, GateSet
+from tlprune.train.prune_job import run_prune
+from tlprune.transfer.aux import AuxData
+from tlprune.transfer.branch import build_branch
+from tlprune.transfer.config import AuxConfig, ScheduleConfig, TransferConfig, parse_aux
+from tlprune.transfer.groups import copy_log_alphas, copy_weights, select_weights
+from tlprune.transfer.mlm import MLMCollator
+from tlprune.transfer.schedules import Weight
+
+
+def aux_csv(path, n=120):
+    """A labelled auxiliary whose texts never occur in the target's data (3 classes)."""
+    rows = [
+        f"{('love', 'hate', 'meh')[i % 3]} the phone number {i},{'abc'[i % 3]}" for i in range(n)
+    ]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    return sentiment_csv(tmp_path / "d.csv")
+
+
+@pytest.fixture
+def aux(tmp_path):
+    return aux_csv(tmp_path / "aux.csv")
+
+
+def _model(tiny_bert_dir):
+    return from_hf(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir))
+
+
+# -- how -------------------------------------------------------------------------------------------
+
+
+def test_shared_with_alpha_zero_is_exactly_cofi(tmp_path, tiny_bert_dir, data, aux):
+    cofi = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "cofi"))
+    shared = run_prune(
+        tiny_cfg(
+            tiny_bert_dir,
+            data,
+            tmp_path / "shared",
+            "transfer.coupling=shared",
+            f"transfer.aux=[{{source: {aux}}}, {{source: target, task: mlm}}]",
+            "transfer.masks=[all]",
+            "transfer.alpha.value=0",
+        )
+    )
+    a = load_file(tmp_path / "cofi" / "masks.safetensors")
+    b = load_file(tmp_path / "shared" / "masks.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = cofi.model.state_dict(), shared.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert shared.report["transfer"]["coupling"] == "shared"
+
+
+def test_shared_coupling_trains_one_tensor(tmp_path, tiny_bert_dir, data, aux):
+    """With alpha > 0 the auxiliary loss moves the shared weights, and the target run differs."""
+    model = _model(tiny_bert_dir)
+    gcfg = GateConfig(init_log_alpha=3.0)
+    sizes = unit_sizes(model.config)
+    gates = GateSet(gcfg, sizes, seed=0)
+    tc = TransferConfig(coupling="shared", aux=[AuxConfig(source=str(aux))], weights=["attention"])
+    branch = _branch(model, gates, tc, gcfg, sizes)
+    enc_t, enc_a = dict(model.tlprune.named_parameters()), dict(branch.encoder.named_parameters())
+    for n in select_weights(model.tlprune, ["attention"]):
+        assert enc_a[n] is enc_t[n]  # one tensor
+    ffn = "encoder.layers.0.ffn.intermediate.weight"
+    assert enc_a[ffn] is not enc_t[ffn] and torch.equal(enc_a[ffn], enc_t[ffn])
+    assert ffn not in {n for n, p in branch.encoder.named_parameters() if p is enc_t.get(n)}
+    branch.bind(10, 3, lambda s: 0.0)
+    loss, parts = branch(0, gates(), torch.device("cpu"))
+    loss.backward()
+    assert enc_t["encoder.layers.0.attention.query.weight"].grad is not None
+    assert parts["alpha"] == 1.0 and any(k.startswith("aux/") for k in parts)
+
+
+def _branch(model, gates, tc, gcfg, sizes, tokenizer=None):
+    d = AuxData(
+        "aux",
+        tc.aux[0],
+        [{"text": f"love the phone number {i}", "label": i % 2} for i in range(64)],
+        ["a", "b"],
+        16,
+    )
+    return build_branch(model, gates, [d], tokenizer or tiny_tokenizer(), tc, gcfg, sizes, 0)
+
+
+LR = 1e-2
+
+
+def test_soft_with_huge_beta_and_gamma_keeps_groups_equal(tiny_bert_dir):
+    def run(beta, gamma):
+        torch.manual_seed(0)
+        model = _model(tiny_bert_dir)
+        gcfg = GateConfig(init_log_alpha=1.0)
+        sizes = unit_sizes(model.config)
+        gates = GateSet(gcfg, sizes, seed=0)
+        tc = TransferConfig(
+            coupling="soft",
+            aux=[AuxConfig(source="x", batch_size=8)],
+            weights=["attention", "ffn"],
+            masks=["head", "ffn_unit"],
+            aux_prune=True,
+            beta=ScheduleConfig(value=beta),
+            gamma=ScheduleConfig(value=gamma),
+        )
+        branch = _branch(model, gates, tc, gcfg, sizes)
+        branch.bind(20, 5, lambda s: 0.3)
+        params = [*model.parameters(), *branch.weight_params(), *gates.parameters()]
+        params += list(branch.gates.parameters())
+        opt = torch.optim.Adam(params, lr=LR)  # as training does: Adam-type steps
+        ids = torch.tensor([[2, 5, 6, 7, 3]] * 4)
+        for step in range(30):
+            z = gates()
+            out = model(ids, attention_mask=torch.ones_like(ids), gates=z)
+            extra, _ = branch(step, z, torch.device("cpu"))
+            loss = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 0, 1]))
+            (loss + extra).backward()
+            opt.step()
+            opt.zero_grad()
+        t, a = dict(model.tlprune.named_parameters()), dict(branch.encoder.named_parameters())
+        w = max((t[n] - a[n]).abs().max().item() for n in branch.weight_names)
+        pt, pa = gates.keep_probs(), branch.gates.keep_probs()
+        m = max((pt[k] - pa[k]).abs().max().item() for k in ("head", "ffn_unit"))
+        other = max((t[n] - a[n]).abs().max().item() for n in t if n not in branch.weight_names)
+        return w, m, other
+
+    w_free, m_free, _ = run(0.0, 0.0)
+    w_tied, m_tied, other = run(1e4, 1e4)
+    assert w_free > 5 * LR and m_free > 5e-3  # without the penalties the copies drift apart
+    # with them, Adam's steps (about LR each) oscillate around equality
+    assert w_tied < 2 * LR and m_tied < 0.2 * m_free
+    assert other > 1e-4  # groups outside W are not tied
+
+
+# -- what ------------------------------------------------------------------------------------------
+
+
+def test_copy_weights_copies_exactly_the_named_groups(tiny_bert_dir):
+    src, dst = _model(tiny_bert_dir), _model(tiny_bert_dir)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in dst.tlprune.named_parameters()}
+    copied = copy_weights(src.tlprune, dst.tlprune, ["attention@1", "embeddings"])
+    expect = {
+        n
+        for n in before
+        if n.startswith("encoder.layers.1.attention.") or n.endswith("_embeddings.weight")
+    }
+    assert set(copied) == expect and expect
+    s = dict(src.tlprune.named_parameters())
+    for n, p in dst.tlprune.named_parameters():
+        assert torch.equal(p, s[n] if n in expect else before[n]), n
+    head = dict(dst.named_parameters())["classifier.out_proj.weight"]
+    assert not torch.equal(head, dict(src.named_parameters())["classifier.out_proj.weight"])
+
+
+def test_weight_groups_by_part_and_layer(tiny_bert_dir):
+    enc = _model(tiny_bert_dir).tlprune
+    norms = select_weights(enc, ["norm"])
+    assert norms and all("norm" in n for n in norms) and "embeddings.norm.weight" in norms
+    assert all(".layers.0." in n for n in select_weights(enc, ["layers@0"]))
+    assert set(select_weights(enc, ["all"])) == {n for n, _ in enc.named_parameters()}
+    with pytest.raises(ConfigError, match="not within"):
+        select_weights(enc, ["ffn@1-5"])
+
+
+def test_copy_log_alphas_copies_exactly_the_named_kinds(tiny_bert_dir):
+    sizes = unit_sizes(_model(tiny_bert_dir).config)
+    src, dst = GateSet(GateConfig(), sizes), GateSet(GateConfig(), sizes)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.fill_(2.5)
+    assert copy_log_alphas(src, dst, ["head", "hidden"]) == ["head", "hidden"]
+    for kind, la in dst.log_alpha.items():
+        assert bool((la == 2.5).all()) == (kind in ("head", "hidden")), kind
+
+
+# -- when ------------------------------------------------------------------------------------------
+
+
+def test_schedules_at_phase_boundaries():
+    steps, ramp = 11, 4  # steps 0..10, ramp = steps 0..3, hold = 4..10
+
+    def w(**kw):
+        return Weight(ScheduleConfig(**kw), steps, ramp)
+
+    const = w(kind="constant", value=0.7)
+    assert const(0) == const(3) == const(4) == const(10) == 0.7
+    lin = w(kind="linear", value=1.0, end=0.0)
+    assert lin(0) == 1.0 and lin(10) == 0.0 and lin(5) == pytest.approx(0.5)
+    cos = w(kind="cosine", value=1.0, end=0.2)
+    assert cos(0) == 1.0 and cos(10) == pytest.approx(0.2) and cos(5) == pytest.approx(0.6)
+    off = w(kind="constant", value=2.0, off_after="ramp")
+    assert off(3) == 2.0 and off(4) == 0.0 and off(10) == 0.0
+    warm = w(kind="constant", value=1.0, warmup=0.2)  # round(0.2 * 11) = 2 warm-up steps
+    assert warm(0) == 0.0 and warm(1) == 0.5 and warm(2) == 1.0
+    assert w(value=0.0).always_zero and not lin.always_zero
+
+
+# -- MLM -------------------------------------------------------------------------------------------
+
+
+def test_mlm_collator_masks_only_non_special_tokens_at_the_rate():
+    tok = tiny_tokenizer()
+    texts = [
+        {"text": "good great bad awful fine movie film phone " * (1 + i % 3)} for i in range(200)
+    ]
+    state = torch.get_rng_state()
+    batch = MLMCollator(tok, 32, 0.3, seed=0)(texts)
+    assert torch.equal(torch.get_rng_state(), state)  # its own generator
+    special = torch.isin(batch["input_ids"].new_tensor(0), batch["input_ids"])  # noqa: F841
+    picked = batch["labels"] != -100
+    original = torch.where(picked, batch["labels"], batch["input_ids"])
+    is_special = torch.isin(original, torch.tensor(tok.all_special_ids))
+    assert not bool((picked & is_special).any())
+    assert not bool((picked & (batch["attention_mask"] == 0)).any())
+    rate = picked.sum().item() / (~is_special & (batch["attention_mask"] == 1)).sum().item()
+    assert 0.27 < rate < 0.33
+    masked = batch["input_ids"][picked] == tok.mask_token_id
+    assert 0.72 < masked.float().mean().item() < 0.88  # 80% become [MASK]
+    again = MLMCollator(tok, 32, 0.3, seed=0)(texts)
+    assert torch.equal(again["labels"], batch["labels"])
+
+
+# -- configuration and bad input -------------------------------------------------------------------
+
+
+def test_parse_aux_specs():
+    assert parse_aux("vader-movies") == AuxConfig(source="vader-movies")
+    assert parse_aux("mlm:target") == AuxConfig(source="target", task="mlm")
+    m = parse_aux("mlm:target-train@0.5")
+    assert (m.source, m.mlm_text, m.weight) == ("target", "train", 0.5)
+    with pytest.raises(ConfigError, match="weight"):
+        parse_aux("vader-movies@x")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["transfer.weights=[attn]"], "unknown weight group"),
+        (["transfer.masks=[heads]"], "unknown mask group"),
+        (
+            ["transfer.coupling=soft", "transfer.aux=[{source: x, weight: -1}]"],
+            "weight must be >= 0",
+        ),
+        (["transfer.alpha.value=-0.5"], "must be >= 0"),
+        (["transfer.coupling=joint"], "unknown coupling"),
+        (["transfer.aux=[{source: ''}]"], "an auxiliary needs data"),
+        (["transfer.alpha.kind=step"], "unknown schedule kind"),
+        (["transfer.aux=[{source: target}]"], "use it with task mlm"),
+    ],
+)
+def test_bad_transfer_config(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        build_config(RunConfig, overrides=overrides)
+
+
+def _cli(tiny_bert_dir, data, out, *extra):
+    return main(
+        [
+            "prune",
+            "--model",
+            str(tiny_bert_dir),
+            "--target",
+            str(data),
+            "--out",
+            str(out),
+            "--budget",
+            "60",
+            "--smoke",
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--preset", "transfr", "--aux", "vader-movies"], "unknown preset"),
+        (["--preset", "joint"], "needs at least one auxiliary"),
+        (["--preset", "joint", "--aux", "EMPTY"], "no examples"),
+        (["--preset", "joint", "--aux", "TEST"], "test examples"),
+        (["--preset", "joint", "--aux", "TARGET"], "is the target itself"),
+        (["--preset", "joint", "--aux", "mlm:missing.txt"], "not found"),
+        (["--preset", "joint", "--aux", "AUX@-1"], "weight must be >= 0"),
+    ],
+)
+def test_bad_transfer_input_via_cli(tmp_path, tiny_bert_dir, data, aux, capsys, extra, fragment):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    # the target's own test split, as a labelled file
+    from tlprune.config import DataConfig
+    from tlprune.data.sources import load_task
+
+    test = load_task(DataConfig(target=str(data))).test
+    leak = tmp_path / "leak.csv"
+    leak.write_text(
+        "text,label\n" + "\n".join(f"{t},{'xy'[i % 2]}" for i, t in enumerate(test["text"])) + "\n"
+    )
+    names = {"EMPTY": f"mlm:{empty}", "TEST": str(leak), "TARGET": str(data), "AUX": str(aux)}
+    for key, value in names.items():  # placeholders -> the files made above
+        extra = [value + a[len(key) :] if a.startswith(key) else a for a in extra]
+    out = tmp_path / "run"
+    code = _cli(tiny_bert_dir, data, out, *extra)
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err, err
+    assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+@pytest.mark.parametrize("preset", ["stilts", "sequential", "joint", "soft", "transfer"])
+def test_transfer_presets_run_end_to_end(tmp_path, tiny_bert_dir, data, aux, preset):
+    out = tmp_path / preset
+    code = _cli(
+        tiny_bert_dir, data, out, "--preset", preset, "--aux", str(aux), "--aux", "mlm:target@0.5"
+    )
+    assert code == 0
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["preset"] == preset and report["sparsity"]["achieved"] >= 0.5
+    assert [a["task"] for a in report["transfer"]["aux"]] == ["classification", "mlm"]
+    assert report["transfer"]["aux"][1]["weight"] == 0.5
+    if preset in ("stilts", "sequential"):
+        assert report["transfer"]["aux_stage_steps"] == 4  # smoke
+    if preset == "sequential":
+        assert report["steps"]["prune"] == 0  # A's masks, fixed; T fine-tunes the small model
+
+
+def test_reprune_starts_from_the_auxiliary_log_alphas(tmp_path, tiny_bert_dir, data, aux):
+    cfg = tiny_cfg(
+        tiny_bert_dir,
+        data,
+        tmp_path / "r",
+        "transfer.coupling=sequential",
+        "transfer.variant=reprune",
+        "transfer.aux_prune=true",
+        "transfer.masks=[head]",
+        f"transfer.aux=[{{source: {aux}}}]",
+        "transfer.aux_stage.max_steps=3",
+    )
+    result = run_prune(cfg)
+    assert (
+        result.report["steps"]["prune"] == 6 and result.report["transfer"]["aux_stage_steps"] == 3
+    )
+    rows = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("phase") == "aux" for r in rows)
+
+
+def test_soft_branch_doubles_weights_and_says_so(tiny_bert_dir):
+    model = _model(tiny_bert_dir)
+    gcfg = GateConfig()
+    sizes = unit_sizes(model.config)
+    tc = TransferConfig(coupling="soft", aux=[AuxConfig(source="x")], masks=[])
+    branch = _branch(model, GateSet(gcfg, sizes), tc, gcfg, sizes)
+    n_enc = sum(p.numel() for p in model.tlprune.parameters())
+    assert f"{n_enc:,} own encoder weights" in branch.memory_note()
+    shared = _branch(
+        model,
+        GateSet(gcfg, sizes),
+        copy.replace(tc, coupling="shared")
+        if hasattr(copy, "replace")
+        else TransferConfig(coupling="shared", aux=[AuxConfig(source="x")]),
+        gcfg,
+        sizes,
+    )
+    assert "0 own encoder weights" in shared.memory_note()
