@@ -1,6 +1,5 @@
 """Transfer on tiny models: coupling (how), groups (what), schedules (when), MLM, bad input."""
 
-import copy
 import json
 
 import pytest
@@ -372,13 +371,6 @@ def test_soft_branch_doubles_weights_and_says_so(tiny_bert_dir):
     branch = _branch(model, GateSet(gcfg, sizes), tc, gcfg, sizes)
     n_enc = sum(p.numel() for p in model.tlprune.parameters())
     assert f"{n_enc:,} own encoder weights" in branch.memory_note()
-    shared = _branch(
-        model,
-        GateSet(gcfg, sizes),
-        copy.replace(tc, coupling="shared")
-        if hasattr(copy, "replace")
-        else TransferConfig(coupling="shared", aux=[AuxConfig(source="x")]),
-        gcfg,
-        sizes,
-    )
+    tc_shared = TransferConfig(coupling="shared", aux=[AuxConfig(source="x")])
+    shared = _branch(model, GateSet(gcfg, sizes), tc_shared, gcfg, sizes)
     assert "0 own encoder weights" in shared.memory_note()
