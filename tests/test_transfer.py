@@ -227,7 +227,6 @@ def test_mlm_collator_masks_only_non_special_tokens_at_the_rate():
     state = torch.get_rng_state()
     batch = MLMCollator(tok, 32, 0.3, seed=0)(texts)
     assert torch.equal(torch.get_rng_state(), state)  # its own generator
-    special = torch.isin(batch["input_ids"].new_tensor(0), batch["input_ids"])  # noqa: F841
     picked = batch["labels"] != -100
     original = torch.where(picked, batch["labels"], batch["input_ids"])
     is_special = torch.isin(original, torch.tensor(tok.all_special_ids))
