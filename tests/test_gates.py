@@ -392,3 +392,23 @@ def test_target_schedule_from_initial_sparsity():
     assert sched(0) == pytest.approx(0.4)
     assert sched(50) == pytest.approx(0.6)
     assert sched(100) == pytest.approx(0.8) and sched(500) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("multiple", [8, 32])
+def test_final_masks_round_hidden_to_a_multiple(seed, multiple):
+    g = torch.Generator().manual_seed(seed)
+    polar = {k: torch.sigmoid(4 * torch.randn(MINILM.shape(k), generator=g)) for k in KINDS}
+    polar["hidden"] = torch.linspace(0.99, 0.01, 384)[torch.randperm(384, generator=g)]
+    for target in SPARSITIES:
+        plain = final_masks(polar, MINILM, target)
+        result = final_masks(polar, MINILM, target, hidden_multiple=multiple)
+        _check_final(result, MINILM, target, polar)  # still on budget within one FFN unit
+        width = int(result.masks["hidden"].sum())
+        assert width % multiple == 0 or width == MINILM.hidden, (target, width)
+        assert width <= int(plain.masks["hidden"].sum()) + multiple
+        # the dims kept are the most probable ones
+        kept = result.masks["hidden"].bool()
+        assert polar["hidden"][kept].min() >= polar["hidden"][~kept].max()
+    with pytest.raises(ValueError, match="hidden_multiple"):
+        final_masks(polar, MINILM, 0.5, hidden_multiple=0)

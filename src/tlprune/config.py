@@ -134,6 +134,9 @@ class PruneConfig:
     target_warmup: float = 0.3  # fraction of the prune phase over which the target ramps up
     target_start: str = "initial"  # ramp from the gates' initial expected sparsity, or "zero"
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
+    # Keep a hidden width that is a multiple of this: CPU matmuls over odd widths run at about
+    # half speed (benchmarks/round_hidden.py); FFN units fill the budget as usual. 1 = off.
+    round_hidden: int = 1
     warm: TrainConfig = field(default_factory=_warm)  # dense fine-tune before gates
     prune: TrainConfig = field(default_factory=_prune_phase)  # gates + weights
     final: TrainConfig = field(default_factory=_final)  # the small model, after surgery
@@ -157,6 +160,8 @@ class PruneConfig:
             raise ConfigError(
                 f"prune.log_alpha_clamp must be [low, high] around init_log_alpha, got {lo_hi}"
             )
+        if self.round_hidden < 1:
+            raise ConfigError(f"prune.round_hidden must be >= 1, got {self.round_hidden}")
         if self.gate_lr <= 0 or self.checkpoint_every < 1:
             raise ConfigError("prune.gate_lr must be positive and prune.checkpoint_every >= 1")
 

@@ -110,11 +110,20 @@ class _Pool:
 
 
 def final_masks(
-    keep_probs: Mapping[str, Tensor], sizes: UnitSizes, target_sparsity: float
+    keep_probs: Mapping[str, Tensor],
+    sizes: UnitSizes,
+    target_sparsity: float,
+    hidden_multiple: int = 1,
 ) -> FinalMasks:
-    """Binary masks for the enabled kinds (the keys of `keep_probs`) that meet the budget."""
+    """Binary masks for the enabled kinds (the keys of `keep_probs`) that meet the budget.
+
+    `hidden_multiple` > 1 keeps a hidden width that is a multiple of it (or the full width):
+    matmuls over odd widths run at half speed on CPU (benchmarks/round_hidden.py); FFN units
+    then fill the budget as usual."""
     if not 0.0 <= target_sparsity < 1.0:
         raise GateConfigError(f"target sparsity must be in [0, 1), got {target_sparsity}")
+    if hidden_multiple < 1:
+        raise GateConfigError(f"hidden_multiple must be >= 1, got {hidden_multiple}")
     check_gates(keep_probs, sizes)
     device = next((v.device for v in keep_probs.values()), torch.device("cpu"))
     p = {k: v.detach().to("cpu", torch.float64) for k, v in keep_probs.items()}
@@ -145,11 +154,25 @@ def final_masks(
     def width() -> int:
         return int(hidden.sum())
 
-    def set_width(new: int, why: str) -> None:
+    def snap(d: int, up: bool) -> int:
+        """The nearest allowed width at or below (above) d."""
+        m = hidden_multiple
+        if m == 1 or d >= sizes.hidden or d % m == 0:
+            return d
+        if up:
+            return min(sizes.hidden, -(-d // m) * m)
+        return d - d % m if d >= m else d
+
+    def set_width(new: int, why: str | None) -> None:
         old = width()
         hidden[:] = False
         hidden[hidden_order[:new]] = True
-        notes.append(f"{'added' if new > old else 'removed'} {abs(new - old)} hidden dims: {why}")
+        if why is not None:
+            change = "added" if new > old else "removed"
+            notes.append(f"{change} {abs(new - old)} hidden dims: {why}")
+
+    if has_hidden and snap(width(), up=False) != width():
+        set_width(snap(width(), up=False), None)  # a configured rounding, not a fallback
 
     def size() -> int:
         d = width()
@@ -165,7 +188,7 @@ def final_masks(
         n_f = units.keep.numel() if adj_units else units.kept
         slope, const = fitting_width(n_h, n_f)
         if slope > 0 and slope * width() + const < budget:
-            new = min(sizes.hidden, -(-(budget - const) // slope))
+            new = snap(min(sizes.hidden, -(-(budget - const) // slope)), up=True)
             set_width(new, f"{width()} could not hold the budget {budget}")
 
     def up() -> int:
@@ -183,7 +206,8 @@ def final_masks(
     if size() > budget and has_hidden:
         slope, const = fitting_width(heads.kept, units.kept)
         if const <= budget:
-            set_width(min(width(), (budget - const) // slope), "the units left did not fit")
+            new = snap(min(width(), (budget - const) // slope), up=False)
+            set_width(new, "the units left did not fit")
     if budget - size() >= up() and adj_units:
         units.add(min((budget - size()) // up(), units.free))
     if budget - size() >= (up() if adj_units else hp()) and adj_heads and heads.free:

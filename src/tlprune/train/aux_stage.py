@@ -43,7 +43,7 @@ def run_aux_stage(branch: Any, cfg: RunConfig, accelerator: Any, work: Path, log
     tc, pc = cfg.transfer, cfg.prune
     sparsity = tc.aux_sparsity or pc.sparsity
     if (out / "done.json").is_file():
-        return _load(branch, out, sparsity)
+        return _load(branch, out, sparsity, pc.round_hidden)
     stage = tc.aux_stage
     started = time.perf_counter()
     device = accelerator.device
@@ -100,7 +100,7 @@ def run_aux_stage(branch: Any, cfg: RunConfig, accelerator: Any, work: Path, log
     masks = s_hat = None
     if branch.gates is not None:
         probs = {k: v.detach().cpu() for k, v in branch.gates.keep_probs().items()}
-        masks = final_masks(probs, branch.gates.sizes, sparsity)
+        masks = final_masks(probs, branch.gates.sizes, sparsity, cfg.prune.round_hidden)
         s_hat = float(branch.gates.expected_sparsity().detach())
     if accelerator.is_main_process:
         _save(branch, masks, out, steps, s_hat, time.perf_counter() - started)
@@ -126,7 +126,7 @@ def _save(branch, masks, out: Path, steps: int, s_hat, seconds: float) -> None:
     tmp.replace(out)
 
 
-def _load(branch, out: Path, sparsity: float) -> AuxStageResult:
+def _load(branch, out: Path, sparsity: float, round_hidden: int) -> AuxStageResult:
     branch.encoder.load_state_dict(load_file(out / "encoder.safetensors"))
     info = json.loads((out / "done.json").read_text())
     masks = None
@@ -135,7 +135,7 @@ def _load(branch, out: Path, sparsity: float) -> AuxStageResult:
             for k, v in load_file(out / "log_alpha.safetensors").items():
                 branch.gates.log_alpha[k].copy_(v)
         probs = {k: v.detach().cpu() for k, v in branch.gates.keep_probs().items()}
-        masks = final_masks(probs, branch.gates.sizes, sparsity)
+        masks = final_masks(probs, branch.gates.sizes, sparsity, round_hidden)
     return AuxStageResult(
         branch.encoder,
         branch.gates,

@@ -80,10 +80,14 @@ def check_workdir(cfg: RunConfig, out: Path, resume: bool) -> Path:
         saved = work / "config.yaml"
         if not saved.is_file():
             raise TlpruneError(f"nothing to resume at {work}: run without --resume to start")
-        old = yaml.safe_load(saved.read_text())
-        new = _comparable(to_dict(cfg))
+        old = _flat(yaml.safe_load(saved.read_text()))
+        new = _flat(_comparable(to_dict(cfg)))
+        # a key added by a newer tlprune, at its default, does not change the run
+        defaults = _flat(to_dict(RunConfig()))
         diff = sorted(
-            k for k in set(_flat(old)) | set(_flat(new)) if _flat(old).get(k) != _flat(new).get(k)
+            k
+            for k in set(old) | set(new)
+            if old.get(k) != new.get(k) and not (k not in old and new.get(k) == defaults.get(k))
         )
         if diff:
             raise TlpruneError(

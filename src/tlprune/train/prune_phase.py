@@ -189,12 +189,15 @@ def run_prune_phase(
             best_state = load_file(latest / "best_model.safetensors")
             # binary masks that met the budget come back unchanged from final_masks
             best_fm = final_masks(
-                load_file(latest / "best_masks.safetensors"), inner.gates.sizes, pc.sparsity
+                load_file(latest / "best_masks.safetensors"),
+                inner.gates.sizes,
+                pc.sparsity,
+                pc.round_hidden,
             )
 
     def sizes_masks() -> FinalMasks:
         probs = {k: v.detach().cpu() for k, v in inner.gates.keep_probs().items()}
-        return final_masks(probs, inner.gates.sizes, pc.sparsity)
+        return final_masks(probs, inner.gates.sizes, pc.sparsity, pc.round_hidden)
 
     def write_best(name: str, tensors: Any):
         def write(path: Path) -> None:
