@@ -47,6 +47,7 @@ def model_card(report: dict, cfg: RunConfig) -> str:
         f"| test accuracy | {report['test']['accuracy']:.4f} (n={report['test']['n']}) |",
         f"| test macro-F1 | {report['test']['macro_f1']:.4f} |",
         f"| distillation | {'yes' if report['distill'] else 'no'} |",
+        f"| transfer | {_transfer(report.get('transfer') or {})} |",
         "",
         "Load it with `AutoModelForSequenceClassification.from_pretrained(dir, "
         "trust_remote_code=True)` (the modelling file is saved beside the weights) or "
@@ -58,3 +59,12 @@ def model_card(report: dict, cfg: RunConfig) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _transfer(t: dict) -> str:
+    """`coupling: aux (task, weight), ...`, or `none`."""
+    if t.get("coupling", "none") == "none":
+        return "none"
+    aux = ", ".join(f"{a['name']} ({a['task']}, weight {a['weight']})" for a in t.get("aux", []))
+    variant = f" ({t['variant']})" if t.get("variant") else ""
+    return f"{t['coupling']}{variant}: {aux}"
