@@ -1,67 +1,67 @@
-"""Pruned vs dense: parameters, MACs ratio and CPU latency ratio, measured side by side.
+"""The README's speed table in one command: every pruned model against its dense original,
+in PyTorch eager, torch.compile and ONNX Runtime, batch 1 and 32 x 128 tokens.
 
-    python benchmarks/speed.py DENSE_DIR PRUNED_DIR [PRUNED_DIR ...] [--batch 32 --seq 128]
+    python benchmarks/speed.py [RUN_DIR ...] [--threads N] [--backends eager,compile,onnxruntime]
+        [--save experiments/results/issue6/speed]
 
-Runs are interleaved in one process with a fixed thread count, after warm-up; medians of
->= 10 repeats. Quote the ratios, not the absolute times (shared, noisy machines).
+RUN_DIR defaults to runs/speed32/cofi-{0.6,0.8,0.9} (made by experiments/issue6_models.sh).
+Each model is measured by `tlprune bench` logic: dense and pruned interleaved in one process,
+medians of 10 repeats after warm-up; quote the ratios, not the absolute times.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+from pathlib import Path
 
 import torch
 
-from tlprune.bench import compare_latency, forward_macs
-from tlprune.train.eval_job import load_any
+from tlprune.bench import BenchConfig, bench
+from tlprune.bench.run import write_json
+
+DEFAULT = [Path(f"runs/speed32/cofi-{s}") for s in ("0.6", "0.8", "0.9")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dense")
-    ap.add_argument("pruned", nargs="+")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("runs", nargs="*", type=Path, default=DEFAULT)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--backends", default="eager,compile,onnxruntime")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--save", type=Path, help="write PREFIX.json and PREFIX.md")
     args = ap.parse_args()
-    from pathlib import Path
-
-    models = {"dense": load_any(Path(args.dense))[0]}
-    for p in args.pruned:
-        models[Path(p).name] = load_any(Path(p))[0]
-    timing = compare_latency(models, args.batch, args.seq, args.repeats, threads=args.threads)
-    dense_macs = forward_macs(models["dense"].config, args.batch, args.seq)
-    dense_t = timing["dense"]["median_s"]
-    rows = []
-    print(
-        f"batch {args.batch} x {args.seq} tokens, {args.threads} threads, "
-        f"{args.repeats} interleaved repeats, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}"
-    )
-    print("| model | params | MACs (G) | FLOPs ratio | median latency ratio (speedup) |")
-    print("|---|---|---|---|---|")
-    for name, m in models.items():
-        macs = forward_macs(m.config, args.batch, args.seq)
-        params = sum(p.numel() for p in m.parameters())
-        row = {
-            "model": name,
-            "params": params,
-            "macs": macs,
-            "flops_ratio": dense_macs / macs,
-            "speedup": dense_t / timing[name]["median_s"],
-            **timing[name],
-        }
-        rows.append(row)
-        print(
-            f"| {name} | {params:,} | {macs / 1e9:.2f} | {row['flops_ratio']:.2f}x | "
-            f"{row['speedup']:.2f}x |"
+    cfg = BenchConfig(backends=args.backends.split(","), repeats=args.repeats, threads=args.threads)
+    results = [bench(run, None, cfg) for run in args.runs]
+    m = results[0]["machine"]
+    lines = [
+        f"{m['cpu']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}"
+        f"{', onnxruntime ' + m['onnxruntime'] if 'onnxruntime' in m else ''}; dense and "
+        f"pruned interleaved, medians of {args.repeats} repeats",
+        "",
+        "| model | params (dense / pruned) | backend | batch x tokens | FLOPs ratio | speedup "
+        "| speedup / FLOPs ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run, info in zip(args.runs, results, strict=True):
+        p = info["params"]
+        for r in info["results"]:
+            lines.append(
+                f"| {run.name} | {p['dense'] / 1e6:.1f}M / {p['pruned'] / 1e6:.1f}M "
+                f"| {r['backend']} | {r['batch']} x {r['tokens']} | {r['flops_ratio']:.2f}x "
+                f"| {r['speedup']:.2f}x | {r['speedup_over_flops_ratio']:.2f} |"
+            )
+        for backend, why in info["skipped"].items():
+            lines.append(f"| {run.name} | | {backend} | skipped: {why} | | | |")
+    text = "\n".join(lines)
+    print(text)
+    if args.save:
+        write_json(
+            {"runs": [str(r) for r in args.runs], "results": results},
+            args.save.with_suffix(".json"),
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        args.save.with_suffix(".md").write_text(text + "\n")
+        print(json.dumps({"saved": str(args.save)}))
 
 
 if __name__ == "__main__":

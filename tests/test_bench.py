@@ -129,3 +129,15 @@ def test_bench_cli_writes_json_and_prints_table(tiny_bert_dir, tmp_path, capsys)
     assert code == 2 and "exceed" in capsys.readouterr().err
     code = main(["bench", str(tmp_path / "missing")])
     assert code == 2 and "no config.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_backend_matches_eager(tiny_bert_dir, tmp_path):
+    """torch.compile (inductor, needs a C compiler): same logits as eager (about 30 s)."""
+    from tlprune.bench.backends import compiled, eager
+    from tlprune.bench.latency import random_inputs
+    from tlprune.train.eval_job import load_any
+
+    model = load_any(_pruned_dir(tiny_bert_dir, tmp_path))[0]
+    x = random_inputs(model.config.vocab_size, 2, 16)
+    assert torch.allclose(compiled(model, 1)(x), eager(model, 1)(x), atol=1e-5)
