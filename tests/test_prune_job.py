@@ -318,3 +318,23 @@ def test_api_rejects_config_and_preset_together(tiny_bert_dir):
     assert cfg.preset == "cofi-distill" and cfg.distill.enabled
     with pytest.raises(ConfigError, match="either `config` or `preset`"):
         prune(config=cfg, preset="cofi")
+
+
+def test_resume_accepts_a_key_added_later_at_its_default(tmp_path, tiny_bert_dir, data):
+    """A run started by an older tlprune (no `prune.round_hidden` in its saved config) resumes;
+    a changed value does not."""
+    import yaml
+
+    from tlprune.train.prune_job import check_workdir, start_workdir
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_bert_dir, data, out)
+    work = out.with_name("run.partial")
+    start_workdir(cfg, work)
+    saved = yaml.safe_load((work / "config.yaml").read_text())
+    del saved["prune"]["round_hidden"]
+    (work / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert check_workdir(cfg, out, resume=True) == work
+    changed = tiny_cfg(tiny_bert_dir, data, out, "prune.round_hidden=8")
+    with pytest.raises(TlpruneError, match="different config"):
+        check_workdir(changed, out, resume=True)

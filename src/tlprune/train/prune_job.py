@@ -111,7 +111,8 @@ def start_workdir(cfg: RunConfig, work: Path) -> None:
 
 
 def _comparable(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in ("overwrite",)}
+    # where the run lives is proven by finding its workdir; the path may be spelt differently
+    return {k: v for k, v in d.items() if k not in ("overwrite", "out")}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
