@@ -214,6 +214,13 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
     state = PartialState(
         cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
     )
+    if cfg.transfer.coupling != "none" and state.num_processes > 1:
+        # the auxiliary streams are not sharded and the branch's heads sit idle while alpha
+        # is 0, which DDP rejects: one process until that is built
+        raise TlpruneError(
+            "transfer presets run in one process for now: start without torchrun/accelerate "
+            "launch (or use --preset cofi for several processes)"
+        )
     state.wait_for_everyone()
     if not resume and state.is_main_process:
         start_workdir(cfg, work)
