@@ -80,7 +80,7 @@ def check_workdir(cfg: RunConfig, out: Path, resume: bool) -> Path:
         saved = work / "config.yaml"
         if not saved.is_file():
             raise TlpruneError(f"nothing to resume at {work}: run without --resume to start")
-        old = _flat(yaml.safe_load(saved.read_text()))
+        old = _flat(_comparable(yaml.safe_load(saved.read_text())))
         new = _flat(_comparable(to_dict(cfg)))
         # a key added by a newer tlprune, at its default, does not change the run
         defaults = _flat(to_dict(RunConfig()))
