@@ -373,3 +373,24 @@ def test_soft_branch_doubles_weights_and_says_so(tiny_bert_dir):
     tc_shared = TransferConfig(coupling="shared", aux=[AuxConfig(source="x")])
     shared = _branch(model, GateSet(gcfg, sizes), tc_shared, gcfg, sizes)
     assert "0 own encoder weights" in shared.memory_note()
+
+
+def test_mlm_on_target_texts_never_sees_dev_or_test(data):
+    from tlprune.config import DataConfig
+    from tlprune.data.sources import load_task
+    from tlprune.data.split import draw_budget
+    from tlprune.transfer.aux import load_aux
+
+    task = load_task(DataConfig(target=str(data)))
+    budget = draw_budget(task.train["label"], 40, 0, 0.2, task.num_labels)
+    dev_texts = set(task.train.select(budget.dev)["text"])
+    test_texts = set(task.test["text"])
+    small = load_aux(AuxConfig(source="target", task="mlm"), task, budget, 0)
+    every = load_aux(AuxConfig(source="target", task="mlm", mlm_text="train"), task, budget, 0)
+    assert small.rows.column_names == ["text"] and every.rows.column_names == ["text"]
+    assert (
+        len(small.rows) <= len(budget.train) < len(every.rows) <= len(task.train) - len(budget.dev)
+    )
+    for rows in (small.rows, every.rows):
+        assert not (set(rows["text"]) & (dev_texts | test_texts))
+    assert "no extra data" in small.notes[0] and "without labels" in every.notes[0]
