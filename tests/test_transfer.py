@@ -394,3 +394,69 @@ def test_mlm_on_target_texts_never_sees_dev_or_test(data):
     for rows in (small.rows, every.rows):
         assert not (set(rows["text"]) & (dev_texts | test_texts))
     assert "no extra data" in small.notes[0] and "without labels" in every.notes[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["transfer.coupling=shared", "transfer.beta.value=1"], "only with coupling soft"),
+        (["transfer.coupling=sequential", "transfer.variant=reprune"], "variant reprune needs"),
+        (
+            ["transfer.coupling=sequential", "transfer.aux_prune=true", "transfer.masks=[head]"],
+            "must cover every pruned kind",
+        ),
+        (
+            [
+                "transfer.coupling=sequential",
+                "transfer.aux_prune=true",
+                "transfer.masks=[all]",
+                "transfer.aux_sparsity=0.5",
+            ],
+            "meet the target's budget",
+        ),
+        (
+            ["transfer.coupling=shared", "transfer.alpha.off_after=ramp", "prune.target_warmup=0"],
+            "always off",
+        ),
+    ],
+)
+def test_settings_that_would_be_ignored_are_refused(overrides, fragment):
+    cfg = build_config(RunConfig, overrides=[*overrides, "transfer.aux=[{source: x}]"])
+    with pytest.raises(ConfigError, match=fragment):
+        cfg.transfer.check_ready(cfg.prune)
+
+
+def test_target_file_spelt_differently_is_refused(tmp_path, data, monkeypatch):
+    from tlprune.config import DataConfig
+    from tlprune.data.sources import load_task
+    from tlprune.data.split import draw_budget
+    from tlprune.transfer.aux import load_aux
+
+    monkeypatch.chdir(tmp_path)
+    task = load_task(DataConfig(target=str(data)))
+    budget = draw_budget(task.train["label"], 40, 0, 0.2, task.num_labels)
+    with pytest.raises(ConfigError, match="target itself"):
+        load_aux(AuxConfig(source=data.name), task, budget, 0)  # relative spelling
+    copy = tmp_path / "copy.csv"
+    copy.write_text(data.read_text())
+    with pytest.raises(ConfigError, match="labelled training"):
+        load_aux(AuxConfig(source=str(copy)), task, budget, 0)
+
+
+def test_aux_lagrangian_holds_shared_gates_fixed(tiny_bert_dir):
+    model = _model(tiny_bert_dir)
+    gcfg = GateConfig(init_log_alpha=1.0)
+    sizes = unit_sizes(model.config)
+    gates = GateSet(gcfg, sizes, seed=0)
+    tc = TransferConfig(
+        coupling="shared", aux=[AuxConfig(source="x")], masks=["head"], aux_prune=True
+    )
+    branch = _branch(model, gates, tc, gcfg, sizes)
+    assert "head" not in branch.gates.log_alpha  # shared: one tensor, the target's
+    branch.bind(10, 3, lambda s: 0.9)
+    branch.alpha.cfg.value = 0.0  # no auxiliary batch: only L_c(z_A) acts
+    loss, parts = branch(0, None, torch.device("cpu"))
+    loss.backward()
+    assert "aux/expected_sparsity" in parts
+    assert gates.log_alpha["head"].grad is None  # the target's gates are not moved by L_c(z_A)
+    assert branch.gates.log_alpha["ffn_unit"].grad is not None

@@ -202,7 +202,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         cfg = smoke_config(cfg)
     out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
     check_phases(cfg)
-    cfg.transfer.check_ready()
+    cfg.transfer.check_ready(cfg.prune)
     check_architecture(cfg.model.name)
     work = check_workdir(cfg, out, resume)
     task = load_task(cfg.data)
@@ -210,6 +210,11 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         task.train["label"], cfg.data.budget, cfg.seed, cfg.data.dev_fraction, task.num_labels
     )
     aux_data = [load_aux(a, task, budget, cfg.seed) for a in cfg.transfer.aux]
+    tokenizer = load_tokenizer(cfg.model.name)
+    if any(d.cfg.task == "mlm" for d in aux_data) and tokenizer.mask_token_id is None:
+        raise TlpruneError(
+            f"the tokenizer of {cfg.model.name} has no mask token: MLM auxiliaries need one"
+        )
     # Without a GPU, processes started by torchrun are CPU workers (Accelerate's MULTI_CPU).
     state = PartialState(
         cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
@@ -226,7 +231,6 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         start_workdir(cfg, work)
     state.wait_for_everyone()
     accelerator = make_accelerator(cfg.prune.prune.mixed_precision, work)
-    tokenizer = load_tokenizer(cfg.model.name)
     log_path = work / "log.jsonl"
     seconds: dict[str, float] = {}
 
@@ -285,6 +289,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
     if (warm_dir / "config.json").is_file():
         model = TlpruneForSequenceClassification.from_pretrained(warm_dir)
     else:
+        set_seed(cfg.seed)  # the new head's initialisation follows the run's seed
         model = from_hf(load_classifier(cfg.model.name, task.label_names))
         if stage is not None:
             copy_weights(stage.encoder, model.tlprune, tc.weights)

@@ -74,7 +74,7 @@ def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
             max_length=cfg.max_length,
         )
         aux = load_task(data)
-        if aux.name == target.name and aux.source == target.source:
+        if _same_source(aux, target):
             raise ConfigError(
                 f"auxiliary {cfg.source!r} is the target itself: its labels would exceed the "
                 "budget; use MLM on the target's texts instead (--aux mlm:target)"
@@ -86,7 +86,7 @@ def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
         max_length = cfg.max_length
     if len(rows) == 0:
         raise DataError(f"auxiliary {cfg.source!r} has no examples: give a source with data")
-    rows, dropped = _without_target_texts(rows, target, budget, cfg.source)
+    rows, dropped = _without_target_texts(rows, target, budget, cfg.source, labelled=bool(labels))
     if dropped:
         notes.append(f"{dropped} auxiliary rows whose text is a target dev/test text were dropped")
     if cfg.max_examples is not None and cfg.max_examples < len(rows):
@@ -95,10 +95,32 @@ def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
     return AuxData(name, cfg, rows, labels, max_length, notes)
 
 
-def _without_target_texts(rows: Any, target: Any, budget: Any, source: str) -> tuple[Any, int]:
-    """Refuse an auxiliary made of the target's test examples; drop stray exact duplicates."""
+def _same_source(aux: Any, target: Any) -> bool:
+    """The same dataset, however its path is spelt."""
+
+    def key(t: Any) -> str:
+        p = Path(t.name).expanduser()  # files and folders are named by their path
+        return str(p.resolve()) if p.exists() else f"{t.name}|{t.source}"
+
+    return key(aux) == key(target)
+
+
+def _without_target_texts(
+    rows: Any, target: Any, budget: Any, source: str, labelled: bool
+) -> tuple[Any, int]:
+    """Refuse an auxiliary made of the target's test examples, or (labelled) of its training
+    examples beyond the budget; drop stray exact duplicates of dev and test texts."""
     test = set(target.test["text"])
     texts = rows["text"]
+    if labelled:
+        train = set(target.train["text"])
+        in_train = sum(t in train for t in texts)
+        if in_train > MAX_TEST_OVERLAP * max(1, min(len(train), len(texts))):
+            raise ConfigError(
+                f"auxiliary {source!r} holds {in_train} of the target's labelled training "
+                "examples: their labels would exceed the budget; use --aux mlm:target-train "
+                "for the target's texts without labels"
+            )
     in_test = sum(t in test for t in texts)
     if in_test > MAX_TEST_OVERLAP * max(1, min(len(test), len(texts))):
         raise ConfigError(
@@ -134,6 +156,7 @@ class AuxTask(nn.Module):
                 batch_size=self.data.cfg.batch_size,
                 sampler=sampler,
                 collate_fn=self.collate,
+                generator=self.generator,  # else its base seed is drawn from the global RNG
             )
         )
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlprune.gates import GateConfig, GateSet, Lagrangian
+from tlprune.gates import GateConfig, GateSet, Lagrangian, expected_sparsity
 from tlprune.transfer.aux import AuxTask
 from tlprune.transfer.config import TransferConfig
 from tlprune.transfer.groups import check_mask_kinds, select_weights
@@ -99,6 +99,16 @@ class AuxBranch(nn.Module):
                 z[kind] = z_target[kind]
         return z
 
+    def aux_expected_sparsity(self) -> torch.Tensor:
+        """A's expected sparsity: its own gates, with the target's (shared) gates held fixed,
+        so that L_c(z_A) moves only A's own log-alphas."""
+        probs = self.gates.keep_probs()
+        if self._target_gates is not None:
+            shared = self._target_gates.keep_probs()
+            for kind in self.shared_kinds:
+                probs[kind] = shared[kind].detach()
+        return expected_sparsity(probs, self.gates.sizes)
+
     def forward(
         self, step: int, z_target: dict[str, torch.Tensor] | None, device: torch.device
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -112,14 +122,18 @@ class AuxBranch(nn.Module):
                 loss = task.loss(self.encoder, z, device)
                 total = total + a * task.weight * loss
                 parts[f"aux/{task.name}"] = loss.detach()
-            if self.gates is not None and self.lagrangian is not None:
-                s_hat = self.gates.expected_sparsity()
-                total = total + self.lagrangian(s_hat, self.aux_target(step))
-                parts["aux/expected_sparsity"] = s_hat.detach()
+        if self.gates is not None and self.lagrangian is not None:  # L_c(z_A), whatever alpha
+            s_hat = self.aux_expected_sparsity()
+            total = total + self.lagrangian(s_hat, self.aux_target(step))
+            parts["aux/expected_sparsity"] = s_hat.detach()
         if self.coupling == "soft" and b > 0:
             params = dict(self._target_encoder.named_parameters())
             mine = dict(self.encoder.named_parameters())
-            pen = sum((params[n] - mine[n]).pow(2).sum() for n in self.weight_names)
+            pen = sum(
+                (params[n] - mine[n]).pow(2).sum()
+                for n in self.weight_names
+                if params[n].requires_grad or mine[n].requires_grad  # frozen: equal, skip
+            )
             total = total + b * pen
             parts["aux/weight_distance"] = pen.detach()
         if self.coupling == "soft" and g > 0 and self.gates is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tlprune.config import TrainConfig
 from tlprune.errors import ConfigError
@@ -37,8 +38,11 @@ class ScheduleConfig:
             )
         if not 0.0 <= self.warmup < 1.0:
             raise ConfigError(f"schedule warmup is a fraction in [0, 1), got {self.warmup}")
-        if self.off_after is not None and self.off_after not in PHASES:
-            raise ConfigError(f"off_after must be one of {list(PHASES)}, got {self.off_after!r}")
+        if self.off_after is not None and self.off_after != "ramp":
+            raise ConfigError(
+                f"off_after must be ramp (zero once the sparsity ramp ends) or empty, got "
+                f"{self.off_after!r}"
+            )
 
 
 @dataclass
@@ -134,13 +138,46 @@ class TransferConfig:
     def enabled(self) -> bool:
         return self.coupling != "none" and bool(self.aux)
 
-    def check_ready(self) -> None:
-        """Before a run: a transfer coupling needs its auxiliary data (presets leave it open)."""
-        if self.coupling != "none" and not self.aux:
+    def check_ready(self, prune: Any) -> None:
+        """Before a run, with the prune settings at hand: settings that would be silently
+        ignored, or that cannot work together, are refused."""
+        c = self.coupling
+        if c != "none" and not self.aux:
             raise ConfigError(
-                f"coupling {self.coupling} needs at least one auxiliary: pass --aux NAME "
+                f"coupling {c} needs at least one auxiliary: pass --aux NAME "
                 "(e.g. --aux vader-movies or --aux mlm:target) or set transfer.aux in the config"
             )
+        if c != "soft" and (
+            self.beta.value > 0 or self.beta.end > 0 or self.gamma.value > 0 or self.gamma.end > 0
+        ):
+            raise ConfigError("transfer.beta and transfer.gamma act only with coupling soft")
+        if any(w.off_after == "ramp" for w in (self.alpha, self.beta, self.gamma)) and (
+            prune.target_warmup == 0
+        ):
+            raise ConfigError("off_after: ramp with prune.target_warmup 0 would be always off")
+        if self.variant == "reprune" and (
+            c != "sequential" or not self.aux_prune or not self.masks
+        ):
+            raise ConfigError(
+                "variant reprune needs coupling sequential, aux_prune: true and the gate kinds "
+                "to carry in transfer.masks"
+            )
+        if c == "sequential" and self.aux_prune and self.variant == "fixed_masks":
+            from tlprune.transfer.groups import check_mask_kinds
+
+            missing = [k for k in prune.kinds if k not in check_mask_kinds(self.masks)]
+            if missing:
+                raise ConfigError(
+                    f"fixed_masks ships the auxiliary's whole structure: transfer.masks must "
+                    f"cover every pruned kind (missing {missing}); use masks: [all]"
+                )
+            if self.aux_sparsity is not None and self.aux_sparsity != prune.sparsity:
+                raise ConfigError(
+                    "fixed_masks ships the auxiliary's masks, so they must meet the target's "
+                    "budget: leave transfer.aux_sparsity empty (or equal to prune.sparsity)"
+                )
+        if self.aux_stage.grad_accum != 1:
+            raise ConfigError("transfer.aux_stage.grad_accum must be 1 (not supported there)")
 
 
 def parse_aux(spec: str) -> AuxConfig:
