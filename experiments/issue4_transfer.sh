@@ -23,7 +23,8 @@ run() {  # run NAME ARGS...: skip if done, resume if partial
     || echo "FAILED: $name (see $OUT/$name.log)"
 }
 common=(--model minilm --target vader-amazon --budget 256)
-pr=(--sparsity 0.8 prune.prune.max_steps=$STEPS)
+# round_hidden=1: the grid started before the default became 32; keep its cells comparable
+pr=(--sparsity 0.8 prune.prune.max_steps=$STEPS prune.round_hidden=1)
 for seed in $SEEDS; do
   run finetune-s$seed finetune "${common[@]}" --seed $seed
   run cofi-s$seed prune --preset cofi "${common[@]}" "${pr[@]}" --seed $seed

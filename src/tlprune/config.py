@@ -134,9 +134,10 @@ class PruneConfig:
     target_warmup: float = 0.3  # fraction of the prune phase over which the target ramps up
     target_start: str = "initial"  # ramp from the gates' initial expected sparsity, or "zero"
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
-    # Keep a hidden width that is a multiple of this: CPU matmuls over odd widths run at about
-    # half speed (benchmarks/round_hidden.py); FFN units fill the budget as usual. 1 = off.
-    round_hidden: int = 1
+    # Keep a hidden width that is a multiple of this (the nearest one): CPU matmuls over odd
+    # widths run at about half speed (benchmarks/round_hidden.py); FFN units fill the budget as
+    # usual. 1 = off (the issue-4 study ran with 1).
+    round_hidden: int = 32
     warm: TrainConfig = field(default_factory=_warm)  # dense fine-tune before gates
     prune: TrainConfig = field(default_factory=_prune_phase)  # gates + weights
     final: TrainConfig = field(default_factory=_final)  # the small model, after surgery

@@ -117,7 +117,8 @@ def final_masks(
 ) -> FinalMasks:
     """Binary masks for the enabled kinds (the keys of `keep_probs`) that meet the budget.
 
-    `hidden_multiple` > 1 keeps a hidden width that is a multiple of it (or the full width):
+    `hidden_multiple` > 1 keeps a hidden width that is a multiple of it (or the full width),
+    the one nearest to what the keep probabilities chose:
     matmuls over odd widths run at half speed on CPU (benchmarks/round_hidden.py); FFN units
     then fill the budget as usual."""
     if not 0.0 <= target_sparsity < 1.0:
@@ -172,7 +173,10 @@ def final_masks(
             notes.append(f"{change} {abs(new - old)} hidden dims: {why}")
 
     if has_hidden and snap(width(), up=False) != width():
-        set_width(snap(width(), up=False), None)  # a configured rounding, not a fallback
+        # a configured rounding, not a fallback: to the nearest allowed width (ties down);
+        # FFN units then absorb the difference in size
+        down, up_ = snap(width(), up=False), snap(width(), up=True)
+        set_width(up_ if up_ - width() < width() - down else down, None)
 
     def size() -> int:
         d = width()
