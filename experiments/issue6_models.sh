@@ -5,6 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/speed}
+STEPS=${STEPS:-300}  # gate steps
 EXTRA=${EXTRA:-}  # more overrides, e.g. EXTRA=prune.round_hidden=32 OUT=runs/speed32
 mkdir -p "$OUT"
 python3 -m tlprune data prepare vader-amazon > /dev/null
@@ -14,7 +15,7 @@ for sp in 0.6 0.8 0.9; do
   resume=()
   [ -d "$OUT/$name.partial" ] && resume=(--resume)
   python3 -m tlprune prune --preset cofi --model minilm --target vader-amazon --budget 256 \
-    --sparsity $sp --seed 0 --out "$OUT/$name" "${resume[@]}" prune.prune.max_steps=300 \
+    --sparsity $sp --seed 0 --out "$OUT/$name" "${resume[@]}" prune.prune.max_steps=$STEPS \
     prune.warm.epochs=1 prune.final.epochs=2 $EXTRA > "$OUT/$name.log" 2>&1 \
     || echo "FAILED: $name (see $OUT/$name.log)"
 done
