@@ -11,10 +11,12 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/issue4}
 SEEDS=${SEEDS:-"0 1 2"}
 STEPS=${STEPS:-300}
+ONLY=${ONLY:-.}  # a regex of cell names: run only those (a second worker takes other cells)
 mkdir -p "$OUT"
 python3 -m tlprune data prepare vader-amazon vader-movies > /dev/null
 run() {  # run NAME ARGS...: skip if done, resume if partial
   local name=$1; shift
+  [[ $name =~ $ONLY ]] || return 0
   if [ -f "$OUT/$name/metrics.json" ] || [ -f "$OUT/$name/prune_report.json" ]; then return; fi
   local resume=()
   [ -d "$OUT/$name.partial" ] && resume=(--resume)
