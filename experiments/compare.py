@@ -1,6 +1,7 @@
 """Mean, std over seeds and paired bootstrap intervals between methods, from saved runs.
 
     python experiments/compare.py runs/issue4 [--baselines cofi finetune] [--save FILE.md]
+    python experiments/compare.py experiments/results/issue4   # the committed copies
 
 Runs are folders named METHOD-sSEED (e.g. joint-movies-s0) holding predictions.npz. The
 paired interval of the accuracy difference A - B resamples test examples within each seed
@@ -23,9 +24,11 @@ def load(root: Path) -> dict[str, dict[int, np.ndarray]]:
     """method -> seed -> per-example correctness (0/1) on the test split."""
     out: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for d in sorted(root.iterdir()):
-        m = NAME.match(d.name)
-        f = d / "predictions.npz"
-        if m and f.is_file():
+        # a runs folder (NAME/predictions.npz) or a results folder (NAME.predictions.npz)
+        stem = d.name.removesuffix(".predictions.npz")
+        m = NAME.match(stem)
+        f = d / "predictions.npz" if d.is_dir() else d
+        if m and f.is_file() and (d.is_dir() or d.name.endswith(".predictions.npz")):
             p = np.load(f)
             correct = (p["test_logits"].argmax(-1) == p["test_labels"]).astype(np.float64)
             out[m["method"]][int(m["seed"])] = correct

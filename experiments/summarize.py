@@ -48,6 +48,8 @@ def main() -> None:
         if args.save:
             args.save.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(d / name, args.save / f"{d.name}.json")
+            if (d / "predictions.npz").is_file():  # for paired bootstraps (compare.py)
+                shutil.copyfile(d / "predictions.npz", args.save / f"{d.name}.predictions.npz")
     table = "\n".join(lines)
     print(table)
     if args.save:
