@@ -460,3 +460,28 @@ def test_aux_lagrangian_holds_shared_gates_fixed(tiny_bert_dir):
     assert "aux/expected_sparsity" in parts
     assert gates.log_alpha["head"].grad is None  # the target's gates are not moved by L_c(z_A)
     assert branch.gates.log_alpha["ffn_unit"].grad is not None
+
+
+def test_killed_aux_stage_resumes_from_its_checkpoint(tmp_path, tiny_bert_dir, data, aux):
+    extra = (
+        "transfer.coupling=sequential",
+        "transfer.aux_prune=true",
+        "transfer.masks=[all]",
+        f"transfer.aux=[{{source: {aux}}}]",
+        "transfer.aux_stage.max_steps=6",
+    )
+    out = tmp_path / "seq"
+
+    def kill(step):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_aux_step=kill)
+    work = out.with_name("seq.partial")
+    assert (work / "aux_checkpoints" / "step-000004").is_dir()  # checkpoint_every=2
+    result = run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), resume=True)
+    assert result.report["transfer"]["aux_stage_steps"] == 6
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r.get("phase") == "aux"]
+    assert steps == [1, 2, 3, 4, 5, 5, 6]  # steps 1-5, then 5-6 again from the step-4 checkpoint

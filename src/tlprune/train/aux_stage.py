@@ -2,13 +2,15 @@
 branch trains alone, dense (stilts) or pruned to its own target (sequential), before the
 target starts from its weights (and masks).
 
-Fixed length, no selection (there is no target data here); the finished stage is saved under
-`<work>/aux_stage/` and reused by `--resume` (a stage killed midway starts again).
+Fixed length, no selection (there is no target data here); checkpoints every
+`prune.checkpoint_every` steps let `--resume` continue a killed stage (on new auxiliary batch
+streams: those are not saved), and the finished stage is saved under `<work>/aux_stage/`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from tlprune.config import RunConfig
 from tlprune.errors import TlpruneError
 from tlprune.gates import FinalMasks, TargetSchedule, final_masks
 from tlprune.gates.lagrangian import make_gate_optimizers
+from tlprune.train.checkpoint import CheckpointManager, Progress
 from tlprune.train.loop import set_trainable, total_steps
 from tlprune.train.metrics_log import MetricsLog
 
@@ -35,8 +38,17 @@ class AuxStageResult:
     seconds: float
 
 
-def run_aux_stage(branch: Any, cfg: RunConfig, accelerator: Any, work: Path, log_path: Path):
-    """Train `branch` (an AuxBranch with coupling `sequential`) on its tasks alone."""
+def run_aux_stage(
+    branch: Any,
+    cfg: RunConfig,
+    accelerator: Any,
+    work: Path,
+    log_path: Path,
+    resume: bool = False,
+    on_step: Any = None,
+):
+    """Train `branch` (an AuxBranch with coupling `sequential`) on its tasks alone;
+    checkpointed every `prune.checkpoint_every` steps, continued by `resume`."""
     from tqdm.auto import tqdm
 
     out = work / "aux_stage"
@@ -61,11 +73,27 @@ def run_aux_stage(branch: Any, cfg: RunConfig, accelerator: Any, work: Path, log
     if branch.gates is not None and pc.target_start == "initial":
         initial = min(float(branch.gates.expected_sparsity().detach()), sparsity)
     schedule = TargetSchedule(sparsity, round(pc.target_warmup * steps), initial=initial)
+    ckpt = CheckpointManager(work / "aux_checkpoints")
+    modules = {"branch": branch}
+    optimizers = {
+        k: o for k, o in (("w", w_opt), ("g", gate_opt), ("l", lambda_opt)) if o is not None
+    }
+    progress = Progress()
+    latest = ckpt.latest() if resume else None
+    if latest is not None:  # the batch streams are not saved: a new stream from here on
+        progress = ckpt.load(latest, modules, optimizers)
+        for k, task in enumerate(branch.tasks):
+            task.reseed(cfg.seed * 100_003 + progress.step * 31 + k)
     log = MetricsLog(log_path, accelerator)
-    bar = tqdm(total=steps, desc="aux", disable=not accelerator.is_local_main_process)
+    bar = tqdm(
+        total=steps,
+        initial=progress.step,
+        desc="aux",
+        disable=not accelerator.is_local_main_process,
+    )
     row: dict[str, float] = {}
     try:
-        for step in range(steps):
+        for step in range(progress.step, steps):
             z = branch.aux_gates(None) or None
             loss = torch.zeros((), device=device)
             row = {}
@@ -93,6 +121,12 @@ def run_aux_stage(branch: Any, cfg: RunConfig, accelerator: Any, work: Path, log
                 branch.gates.clamp_()
             log.write({"phase": "aux", "step": step + 1, "target": schedule(step), **row})
             bar.update(1)
+            progress.step = step + 1
+            due = progress.step % pc.checkpoint_every == 0 and progress.step < steps
+            if due and accelerator.is_main_process:
+                ckpt.save(progress, modules, optimizers)
+            if on_step is not None:
+                on_step(progress.step)
             bar.set_postfix({k.split("/")[-1][:12]: f"{v:.3f}" for k, v in row.items()})
     finally:
         bar.close()
@@ -104,6 +138,7 @@ def run_aux_stage(branch: Any, cfg: RunConfig, accelerator: Any, work: Path, log
         s_hat = float(branch.gates.expected_sparsity().detach())
     if accelerator.is_main_process:
         _save(branch, masks, out, steps, s_hat, time.perf_counter() - started)
+        shutil.rmtree(work / "aux_checkpoints", ignore_errors=True)  # the stage is saved
     accelerator.wait_for_everyone()
     return AuxStageResult(
         branch.encoder, branch.gates, masks, s_hat, steps, time.perf_counter() - started

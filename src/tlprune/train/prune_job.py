@@ -180,7 +180,9 @@ def check_architecture(name: str) -> None:
     get_adapter(model_type)
 
 
-def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> PruneResult:
+def run_prune(
+    cfg: RunConfig, resume: bool = False, on_step: Any = None, on_aux_step: Any = None
+) -> PruneResult:
     """Prune `cfg.model` for `cfg.data` under `cfg.prune` and save the small model."""
     import torch
     from accelerate import PartialState
@@ -278,7 +280,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, on_step: Any = None) -> Prun
         base = from_hf(load_classifier(cfg.model.name, task.label_names))
         sizes = unit_sizes(base.config)
         branch = build_branch(base, None, aux_data, tokenizer, tc, gate_cfg, sizes, cfg.seed)
-        stage = run_aux_stage(branch, cfg, accelerator, work, log_path)
+        stage = run_aux_stage(branch, cfg, accelerator, work, log_path, resume, on_aux_step)
         seconds["aux"] = stage.seconds
         del base, branch
 
