@@ -485,3 +485,21 @@ def test_killed_aux_stage_resumes_from_its_checkpoint(tmp_path, tiny_bert_dir, d
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r.get("phase") == "aux"]
     assert steps == [1, 2, 3, 4, 5, 5, 6]  # steps 1-5, then 5-6 again from the step-4 checkpoint
+
+
+def test_pruned_aux_stage_warms_up_densely_first(tmp_path, tiny_bert_dir, data, aux):
+    cfg = tiny_cfg(
+        tiny_bert_dir,
+        data,
+        tmp_path / "s",
+        "transfer.coupling=sequential",
+        "transfer.aux_prune=true",
+        "transfer.masks=[all]",
+        f"transfer.aux=[{{source: {aux}}}]",
+        "transfer.aux_stage.max_steps=6",
+        "transfer.aux_warm=0.5",
+    )
+    run_prune(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    gated = [("aux/expected_sparsity" in r) for r in rows if r.get("phase") == "aux"]
+    assert gated == [False] * 3 + [True] * 3

@@ -72,7 +72,15 @@ def run_aux_stage(
     initial = 0.0
     if branch.gates is not None and pc.target_start == "initial":
         initial = min(float(branch.gates.expected_sparsity().detach()), sparsity)
-    schedule = TargetSchedule(sparsity, round(pc.target_warmup * steps), initial=initial)
+    # Pruned A: a dense warm part first (CoFi prunes a fine-tuned model; gates on a fresh head
+    # took A to chance-level loss and 0.97 expected sparsity in the first grid), then gates.
+    warm = round(tc.aux_warm * steps) if branch.gates is not None else 0
+    ramp = round(pc.target_warmup * (steps - warm))
+    ramped = TargetSchedule(sparsity, ramp, initial=initial)
+
+    def schedule(step: int) -> float:
+        return ramped(max(0, step - warm))
+
     ckpt = CheckpointManager(work / "aux_checkpoints")
     modules = {"branch": branch}
     optimizers = {
@@ -94,14 +102,15 @@ def run_aux_stage(
     row: dict[str, float] = {}
     try:
         for step in range(progress.step, steps):
-            z = branch.aux_gates(None) or None
+            gated = branch.gates is not None and step >= warm
+            z = (branch.aux_gates(None) or None) if gated else None
             loss = torch.zeros((), device=device)
             row = {}
             for task in branch.tasks:
                 task_loss = task.loss(branch.encoder, z, device)
                 loss = loss + task.weight * task_loss
                 row[f"aux/{task.name}"] = task_loss.item()
-            if branch.gates is not None:
+            if gated:
                 s_hat = branch.gates.expected_sparsity()
                 loss = loss + branch.lagrangian(s_hat, schedule(step))
                 row["aux/expected_sparsity"] = s_hat.item()

@@ -108,6 +108,7 @@ class TransferConfig:
     aux_sparsity: float | None = None  # None: the target's sparsity
     variant: str = "fixed_masks"  # sequential: fixed_masks | reprune
     aux_stage: TrainConfig = field(default_factory=_aux_stage)  # stilts / sequential, on A
+    aux_warm: float = 0.3  # pruned A: this fraction of aux_stage trains densely before gates
 
     def __post_init__(self) -> None:
         from tlprune.transfer.groups import check_mask_kinds, parse_weight_groups
@@ -121,6 +122,8 @@ class TransferConfig:
             )
         parse_weight_groups(self.weights, num_layers=None)
         check_mask_kinds(self.masks)
+        if not 0.0 <= self.aux_warm < 1.0:
+            raise ConfigError(f"aux_warm is a fraction in [0, 1), got {self.aux_warm}")
         if self.aux_sparsity is not None and not 0.0 < self.aux_sparsity < 1.0:
             raise ConfigError(f"aux_sparsity must be in (0, 1), got {self.aux_sparsity}")
         if self.coupling == "none" and self.aux:
