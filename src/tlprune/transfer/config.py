@@ -12,7 +12,6 @@ COUPLINGS = ("none", "shared", "soft", "sequential")
 SEQUENTIAL_VARIANTS = ("fixed_masks", "reprune")
 AUX_TASKS = ("classification", "mlm")
 MLM_TARGET_TEXTS = ("budget", "train")
-PHASES = ("ramp", "hold")  # the two parts of the prune phase: target warm-up, then hold
 
 
 @dataclass
