@@ -224,9 +224,8 @@ def test_mlm_collator_masks_only_non_special_tokens_at_the_rate():
     texts = [
         {"text": "good great bad awful fine movie film phone " * (1 + i % 3)} for i in range(200)
     ]
-    state = torch.get_rng_state()
-    batch = MLMCollator(tok, 32, 0.3, seed=0)(texts)
-    assert torch.equal(torch.get_rng_state(), state)  # its own generator
+    torch.manual_seed(0)
+    batch = MLMCollator(tok, 32, 0.3)(texts)
     picked = batch["labels"] != -100
     original = torch.where(picked, batch["labels"], batch["input_ids"])
     is_special = torch.isin(original, torch.tensor(tok.all_special_ids))
@@ -236,8 +235,29 @@ def test_mlm_collator_masks_only_non_special_tokens_at_the_rate():
     assert 0.27 < rate < 0.33
     masked = batch["input_ids"][picked] == tok.mask_token_id
     assert 0.72 < masked.float().mean().item() < 0.88  # 80% become [MASK]
-    again = MLMCollator(tok, 32, 0.3, seed=0)(texts)
+    torch.manual_seed(0)
+    again = MLMCollator(tok, 32, 0.3)(texts)
     assert torch.equal(again["labels"], batch["labels"])
+
+
+def test_aux_stream_is_a_function_of_its_position(tiny_bert_dir):
+    """Drawing auxiliary batches never moves the global RNG, and a task whose `stream` buffer
+    is restored (as a checkpoint does) continues with exactly the batches the original drew."""
+    tc = TransferConfig(coupling="shared", aux=[AuxConfig(source="x", task="mlm", batch_size=24)])
+    model, tok = _model(tiny_bert_dir), tiny_tokenizer()
+    task = _branch(model, None, tc, None, unit_sizes(model.config), tok).tasks[0]
+    state = torch.get_rng_state()
+    first = [task.next_batch(torch.device("cpu")) for _ in range(4)]  # 64 rows: 3 a pass
+    assert torch.equal(torch.get_rng_state(), state)
+    assert task.stream.tolist() == [1, 1]
+    saved = {k: v.clone() for k, v in task.state_dict().items()}
+    later = [task.next_batch(torch.device("cpu")) for _ in range(3)]
+    fresh = _branch(_model(tiny_bert_dir), None, tc, None, unit_sizes(model.config), tok).tasks[0]
+    fresh.load_state_dict(saved)
+    for a, b in zip(later, [fresh.next_batch(torch.device("cpu")) for _ in range(3)], strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the masking differs from batch to batch, and the second pass is a new order
+    assert not torch.equal(first[0]["labels"], first[3]["labels"][: len(first[0]["labels"])])
 
 
 # -- configuration and bad input -------------------------------------------------------------------
@@ -485,6 +505,42 @@ def test_killed_aux_stage_resumes_from_its_checkpoint(tmp_path, tiny_bert_dir, d
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r.get("phase") == "aux"]
     assert steps == [1, 2, 3, 4, 5, 5, 6]  # steps 1-5, then 5-6 again from the step-4 checkpoint
+    again = [r for r in rows if r.get("phase") == "aux" and r["step"] == 5]
+    assert again[0] == again[1]  # the same batch and loss: the auxiliary stream resumed too
+
+
+def test_killed_shared_run_resumes_to_the_same_masks(tmp_path, tiny_bert_dir, data, aux):
+    """A two-branch run killed in the prune phase resumes exactly: target and auxiliary streams."""
+    extra = (
+        "prune.prune.batch_size=16",
+        "transfer.coupling=shared",
+        f"transfer.aux=[{{source: {aux}, batch_size: 16}}, {{source: target, task: mlm}}]",
+        "transfer.masks=[all]",
+    )
+    full = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "full", *extra))
+
+    def kill(step):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_step=kill)
+    resumed = run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), resume=True)
+    a, b = load_file(tmp_path / "full" / "masks.safetensors"), load_file(out / "masks.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+
+    def aux_rows(path):
+        rows = [json.loads(x) for x in (path / "log.jsonl").read_text().splitlines()]
+        return {
+            r["step"]: {k: v for k, v in r.items() if k.startswith("aux/")}
+            for r in rows
+            if r.get("phase") == "prune" and any(k.startswith("aux/") for k in r)
+        }
+
+    assert aux_rows(tmp_path / "full") == aux_rows(out) != {}
 
 
 def test_pruned_aux_stage_warms_up_densely_first(tmp_path, tiny_bert_dir, data, aux):

@@ -88,10 +88,8 @@ def run_aux_stage(
     }
     progress = Progress()
     latest = ckpt.latest() if resume else None
-    if latest is not None:  # the batch streams are not saved: a new stream from here on
+    if latest is not None:  # the batch streams' positions are buffers of the branch
         progress = ckpt.load(latest, modules, optimizers)
-        for k, task in enumerate(branch.tasks):
-            task.reseed(cfg.seed * 100_003 + progress.step * 31 + k)
     log = MetricsLog(log_path, accelerator)
     bar = tqdm(
         total=steps,

@@ -181,10 +181,8 @@ def run_prune_phase(
     optimizers = {"weights": w_opt, "gates": gate_opt, "lambdas": lambda_opt}
     latest = ckpt.latest() if resume else None
     if latest is not None:
+        # auxiliary streams resume too: their positions are buffers of the branch
         progress = ckpt.load(latest, modules, optimizers)
-        if branch is not None:  # auxiliary streams are not checkpointed: a new stream per resume
-            for k, task in enumerate(inner.branch.tasks):
-                task.reseed(cfg.seed * 100_003 + progress.step * 31 + k)
         if (latest / "best_model.safetensors").is_file():
             best_state = load_file(latest / "best_model.safetensors")
             # binary masks that met the budget come back unchanged from final_masks

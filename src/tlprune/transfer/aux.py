@@ -14,6 +14,7 @@ from torch import nn
 
 from tlprune.config import DataConfig
 from tlprune.errors import ConfigError, DataError
+from tlprune.train.sampler import EpochShuffle
 from tlprune.transfer.config import AuxConfig
 from tlprune.transfer.mlm import MLMCollator, MLMHead
 
@@ -137,43 +138,39 @@ def _without_target_texts(
 
 
 class AuxTask(nn.Module):
-    """One auxiliary: its head, its loss on the encoder, and an endless seeded batch stream."""
+    """One auxiliary: its head, its loss on the encoder, and an endless seeded batch stream.
+
+    Batch k of epoch e depends only on (seed, e, k): the order is a per-epoch permutation and
+    MLM masking draws from a generator seeded per batch. The position is a buffer, so the
+    checkpoint that saves the branch saves it too and a resumed run continues the same stream."""
 
     def __init__(self, data: AuxData, head: nn.Module, collate: Any, seed: int):
         super().__init__()
         self.data, self.head, self.collate = data, head, collate
         self.name, self.weight, self.kind = data.name, data.cfg.weight, data.cfg.task
-        self.generator = torch.Generator().manual_seed(seed)
-        self._it = None
+        self.order = EpochShuffle(len(data.rows), seed)
+        self.register_buffer("stream", torch.zeros(2, dtype=torch.long))  # epoch, batch
+        self._perm: tuple[int, list[int]] | None = None
 
-    def _loader(self):
-        from torch.utils.data import DataLoader, RandomSampler
-
-        sampler = RandomSampler(self.data.rows, generator=self.generator)
-        return iter(
-            DataLoader(
-                self.data.rows,
-                batch_size=self.data.cfg.batch_size,
-                sampler=sampler,
-                collate_fn=self.collate,
-                generator=self.generator,  # else its base seed is drawn from the global RNG
-            )
-        )
+    def _indices(self) -> list[int]:
+        epoch, batch = self.stream.tolist()
+        size = self.data.cfg.batch_size
+        if batch * size >= len(self.data.rows):  # a new epoch
+            epoch, batch = epoch + 1, 0
+        if self._perm is None or self._perm[0] != epoch:
+            self.order.set_epoch(epoch)
+            self._perm = (epoch, list(self.order))
+        self.stream.copy_(torch.tensor([epoch, batch + 1]))
+        return self._perm[1][batch * size : (batch + 1) * size]
 
     def next_batch(self, device: torch.device) -> dict[str, torch.Tensor]:
-        if self._it is None:
-            self._it = self._loader()
-        try:
-            batch = next(self._it)
-        except StopIteration:  # a new epoch: the sampler's generator continues its stream
-            self._it = self._loader()
-            batch = next(self._it)
-        return {k: v.to(device) for k, v in batch.items()}
-
-    def reseed(self, seed: int) -> None:
-        """Restart the stream from `seed` (a resumed run continues on a new stream)."""
-        self.generator.manual_seed(seed)
-        self._it = None
+        epoch, batch = self.stream.tolist()
+        examples = [self.data.rows[i] for i in self._indices()]
+        # the collator's randomness (MLM masking) from a per-batch seed, global RNG untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.order.seed * 100_003 + epoch * 10_007 + batch)
+            out = self.collate(examples)
+        return {k: v.to(device) for k, v in out.items()}
 
     def loss(self, encoder: nn.Module, gates: dict | None, device: torch.device) -> torch.Tensor:
         batch = self.next_batch(device)
@@ -193,7 +190,7 @@ def build_aux_task(data: AuxData, model: nn.Module, tokenizer: Any, seed: int) -
     cfg = model.config
     if data.cfg.task == "mlm":
         head = MLMHead(cfg.hidden_size, cfg.vocab_size, cfg.hidden_act, cfg.layer_norm_eps)
-        collate = MLMCollator(tokenizer, data.max_length, data.cfg.mlm_probability, seed)
+        collate = MLMCollator(tokenizer, data.max_length, data.cfg.mlm_probability)
     else:
         head_cfg = copy.deepcopy(cfg)
         head_cfg.num_labels = len(data.label_names)

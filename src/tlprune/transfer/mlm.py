@@ -15,9 +15,10 @@ from transformers.activations import ACT2FN
 class MLMCollator:
     """Texts -> padded ids with 15% (configurable) of the non-special, non-padding tokens
     selected; of those 80% become [MASK], 10% a random token, 10% stay (BERT's recipe).
-    Its own random generator, so drawing MLM batches never moves the global RNG."""
+    It draws from torch's global RNG: AuxTask calls it under a forked RNG seeded per batch,
+    so a stream is reproducible from its position and never moves the training RNG."""
 
-    def __init__(self, tokenizer: Any, max_length: int, probability: float, seed: int):
+    def __init__(self, tokenizer: Any, max_length: int, probability: float):
         from transformers import DataCollatorForLanguageModeling
 
         if tokenizer.mask_token_id is None:
@@ -26,7 +27,7 @@ class MLMCollator:
             raise ConfigError("the model's tokenizer has no mask token: MLM auxiliaries need one")
         self.tokenizer, self.max_length = tokenizer, max_length
         self.inner = DataCollatorForLanguageModeling(
-            tokenizer, mlm=True, mlm_probability=probability, seed=seed
+            tokenizer, mlm=True, mlm_probability=probability
         )
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
