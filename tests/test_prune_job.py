@@ -16,6 +16,16 @@ from tlprune.train.prune_job import run_prune
 WORDS = "good great bad awful fine movie film phone product love hate".split()
 
 
+def kill_at(n):
+    """An on_step hook that interrupts the run at step `n`, as a crash or Ctrl-C would."""
+
+    def kill(step):
+        if step == n:
+            raise KeyboardInterrupt
+
+    return kill
+
+
 def sentiment_csv(path, n=120):
     rng = random.Random(0)
     lines = ["text,label"]
@@ -102,13 +112,9 @@ def test_killed_run_resumes_to_the_same_masks(tmp_path, tiny_bert_dir, data):
     extra = ("prune.prune.batch_size=16",)
     full = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "full", *extra))
 
-    def kill(step):
-        if step == 5:
-            raise KeyboardInterrupt
-
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_step=kill)
+        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_step=kill_at(5))
     assert not out.exists() and out.with_name("killed.partial").is_dir()
     with pytest.raises(TlpruneError, match="--resume"):
         run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra))
@@ -130,12 +136,8 @@ def test_killed_run_resumes_to_the_same_masks(tmp_path, tiny_bert_dir, data):
 def test_resume_rejects_a_changed_config_and_corrupt_checkpoint(tmp_path, tiny_bert_dir, data):
     out = tmp_path / "run"
 
-    def kill(step):
-        if step == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run_prune(tiny_cfg(tiny_bert_dir, data, out), on_step=kill)
+        run_prune(tiny_cfg(tiny_bert_dir, data, out), on_step=kill_at(2))
     with pytest.raises(TlpruneError, match="different config"):
         run_prune(tiny_cfg(tiny_bert_dir, data, out, "prune.sparsity=0.7"), resume=True)
     ckpt = next((out.with_name("run.partial") / "checkpoints").glob("step-*"))

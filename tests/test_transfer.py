@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tests.conftest import tiny_tokenizer
-from tests.test_prune_job import sentiment_csv, tiny_cfg
+from tests.test_prune_job import kill_at, sentiment_csv, tiny_cfg
 from transformers import AutoModelForSequenceClassification
 
 from tlprune.arch import from_hf, unit_sizes
@@ -492,12 +492,8 @@ def test_killed_aux_stage_resumes_from_its_checkpoint(tmp_path, tiny_bert_dir, d
     )
     out = tmp_path / "seq"
 
-    def kill(step):
-        if step == 5:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_aux_step=kill)
+        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_aux_step=kill_at(5))
     work = out.with_name("seq.partial")
     assert (work / "aux_checkpoints" / "step-000004").is_dir()  # checkpoint_every=2
     result = run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), resume=True)
@@ -519,13 +515,9 @@ def test_killed_shared_run_resumes_to_the_same_masks(tmp_path, tiny_bert_dir, da
     )
     full = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "full", *extra))
 
-    def kill(step):
-        if step == 5:
-            raise KeyboardInterrupt
-
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_step=kill)
+        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_step=kill_at(5))
     resumed = run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), resume=True)
     a, b = load_file(tmp_path / "full" / "masks.safetensors"), load_file(out / "masks.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
