@@ -438,6 +438,16 @@ def test_mlm_on_target_texts_never_sees_dev_or_test(data):
             ["transfer.coupling=shared", "transfer.alpha.off_after=ramp", "prune.target_warmup=0"],
             "always off",
         ),
+        (["transfer.coupling=sequential", "transfer.warm_alpha.value=1"], "shared or soft"),
+        (["transfer.coupling=shared", "transfer.warm_beta.value=1"], "only with coupling soft"),
+        (
+            [
+                "transfer.coupling=shared",
+                "transfer.warm_alpha.value=1",
+                "transfer.warm_alpha.off_after=ramp",
+            ],
+            "not for warm schedules",
+        ),
     ],
 )
 def test_settings_that_would_be_ignored_are_refused(overrides, fragment):
@@ -533,6 +543,59 @@ def test_killed_shared_run_resumes_to_the_same_masks(tmp_path, tiny_bert_dir, da
         }
 
     assert aux_rows(tmp_path / "full") == aux_rows(out) != {}
+
+
+def test_warm_phase_transfer_trains_the_branch_and_hands_it_on(
+    tmp_path, tiny_bert_dir, data, aux, monkeypatch
+):
+    """warm_alpha > 0: the auxiliary loss joins the dense warm fine-tune, and the prune phase's
+    branch starts from the heads (and stream) the warm phase left, also after a resume."""
+    extra = (
+        "transfer.coupling=shared",
+        f"transfer.aux=[{{source: {aux}}}]",
+        "transfer.weights=[attention]",  # A owns its FFN weights: they are carried too
+        "transfer.warm_alpha.value=1",
+        "prune.warm.max_steps=3",
+    )
+    out = tmp_path / "warm"
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_step=kill_at(1))
+    warm = out.with_name("warm.partial") / "warm"
+    carried = load_file(warm / "aux_branch.safetensors")
+    rows = [
+        json.loads(x)
+        for x in (out.with_name("warm.partial") / "log.jsonl").read_text().splitlines()
+    ]
+    warm_rows = [r for r in rows if r.get("phase") == "warm" and "loss" in r]
+    assert len(warm_rows) == 3 and all(
+        r["alpha"] == 1.0 and any(k.startswith("aux/") for k in r) for r in warm_rows
+    )
+    # what was carried: the head, its stream position, and A's own (FFN) weights only
+    assert carried["tasks.0.stream"].tolist() == [0, 3]
+    assert any(k.startswith("encoder.") and ".ffn." in k for k in carried)
+    assert not any(k.startswith("encoder.") and ".attention." in k for k in carried)
+    # a new branch (as the prune phase builds) takes it over exactly
+    model = _model(tiny_bert_dir)
+    tc = build_config(RunConfig, overrides=list(extra[:4])).transfer
+    rows3 = [{"text": f"love the phone {i}", "label": i % 3} for i in range(30)]
+    d = AuxData("aux", tc.aux[0], rows3, ["a", "b", "c"], 16)
+    branch = build_branch(model, None, [d], tiny_tokenizer(), tc, None, unit_sizes(model.config), 0)
+    head = "tasks.0.head.out_proj.weight"
+    assert not torch.equal(branch.carried_state()[head], carried[head])  # warm trained it
+    branch.load_carried(carried)
+    mine = branch.carried_state()
+    assert mine.keys() == carried.keys() and all(torch.equal(mine[k], carried[k]) for k in mine)
+    from tlprune.transfer.branch import AuxBranch
+
+    loaded = []
+    real = AuxBranch.load_carried
+    monkeypatch.setattr(
+        AuxBranch, "load_carried", lambda self, state: (loaded.append(state), real(self, state))
+    )
+    result = run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), resume=True)
+    assert len(loaded) == 1 and torch.equal(loaded[0][head], carried[head])
+    assert result.report["transfer"]["in_warm"] is True
+    assert "warm and prune phases" in (out / "README.md").read_text()
 
 
 def test_pruned_aux_stage_warms_up_densely_first(tmp_path, tiny_bert_dir, data, aux):

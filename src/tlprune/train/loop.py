@@ -51,20 +51,29 @@ def train_classifier(
     accelerator: Any,
     log_path: Path | None = None,
     desc: str = "fine-tune",
+    branch: Any = None,
 ) -> LoopResult:
     """Train with AdamW (constant lr after optional linear warm-up), evaluate dev at each epoch
-    (or every `cfg.eval_every` steps), and leave the model at its lowest-dev-loss state."""
+    (or every `cfg.eval_every` steps), and leave the model at its lowest-dev-loss state.
+    `branch`: an auxiliary branch (transfer/branch.py) whose terms join the loss each step;
+    it keeps its last state (its heads go on training in the next phase)."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     set_trainable(model, cfg.freeze)
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     params = [p for p in model.parameters() if p.requires_grad]
+    if branch is not None:
+        set_trainable(branch.encoder, cfg.freeze)
+        branch.to(accelerator.device).train()
+        params += [p for p in branch.weight_params() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer, train_loader, dev_loader = accelerator.prepare(
         model, optimizer, train_loader, dev_loader
     )
     steps = total_steps(cfg, len(train_loader))  # per process, after sharding
+    if branch is not None:
+        branch.bind_warm(steps)
     scheduler = get_scheduler(
         "constant_with_warmup", optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps)
     )
@@ -81,7 +90,11 @@ def train_classifier(
             model.train()
             for batch in train_loader:
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    loss = task_loss = model(**batch).loss
+                    parts: dict[str, Any] = {}
+                    if branch is not None:  # the target's loss is logged alone, parts beside
+                        extra, parts = branch(step, None, accelerator.device)
+                        loss = task_loss + extra
                     if not torch.isfinite(loss):
                         raise TlpruneError(
                             f"training loss became {loss.item()} at step {step}: lower train.lr "
@@ -98,8 +111,9 @@ def train_classifier(
                     continue
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                log.write({"phase": desc, "step": step, "loss": loss.item()})
+                bar.set_postfix(loss=f"{task_loss.item():.4f}")
+                aux = {k: float(v) for k, v in parts.items()}
+                log.write({"phase": desc, "step": step, "loss": task_loss.item(), **aux})
                 if step % eval_every == 0 or step == steps:
                     dev = evaluate(model, dev_loader, num_labels, accelerator)
                     model.train()

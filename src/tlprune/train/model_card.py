@@ -67,4 +67,5 @@ def _transfer(t: dict) -> str:
         return "none"
     aux = ", ".join(f"{a['name']} ({a['task']}, weight {a['weight']})" for a in t.get("aux", []))
     variant = f" ({t['variant']})" if t.get("variant") else ""
-    return f"{t['coupling']}{variant}: {aux}"
+    when = " (warm and prune phases)" if t.get("in_warm") else ""
+    return f"{t['coupling']}{variant}{when}: {aux}"

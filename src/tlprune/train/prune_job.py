@@ -33,6 +33,7 @@ from tlprune.train.loop import train_classifier
 from tlprune.train.metrics_log import make_accelerator
 
 SMOKE_PRUNE_STEPS = 4
+CARRIED = "aux_branch.safetensors"  # in the warm model's directory, after warm-phase transfer
 
 
 @dataclass
@@ -187,6 +188,7 @@ def run_prune(
     import torch
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env, set_seed
+    from safetensors.torch import load_file
 
     from tlprune.arch import from_hf, unit_sizes
     from tlprune.gates import GateConfig, GateSet
@@ -288,6 +290,7 @@ def run_prune(
     t0 = time.perf_counter()
     warm_dir = work / "warm"
     fixed = stage is not None and stage.masks is not None and tc.variant == "fixed_masks"
+    carried: dict = {}  # the auxiliary branch's heads after a warm phase with transfer
     if (warm_dir / "config.json").is_file():
         model = TlpruneForSequenceClassification.from_pretrained(warm_dir)
     else:
@@ -296,6 +299,11 @@ def run_prune(
         if stage is not None:
             copy_weights(stage.encoder, model.tlprune, tc.weights)
         if not fixed:  # with A's masks fixed, T trains only as the small model (final phase)
+            warm_branch = None
+            if tc.in_warm:  # the branch trains beside T already; the prune phase takes it over
+                warm_branch = build_branch(
+                    model, None, aux_data, tokenizer, tc, None, unit_sizes(model.config), cfg.seed
+                )
             train_dl, dev_dl, _ = loaders(2, cfg.prune.warm)
             train_classifier(
                 model,
@@ -306,9 +314,12 @@ def run_prune(
                 accelerator,
                 log_path,
                 desc="warm",
+                branch=warm_branch,
             )
             model = accelerator.unwrap_model(model)
-        _save_main(accelerator, model, warm_dir)
+            if warm_branch is not None:
+                carried = {CARRIED: warm_branch.carried_state()}
+        _save_main(accelerator, model, warm_dir, carried)
         accelerator.free_memory()
     seconds["warm"] = time.perf_counter() - t0
     dense_report = param_report(model)
@@ -341,6 +352,8 @@ def run_prune(
         branch = None
         if tc.coupling in ("shared", "soft"):
             branch = build_branch(model, gates, aux_data, tokenizer, tc, gate_cfg, sizes, cfg.seed)
+            if tc.in_warm:
+                branch.load_carried(load_file(warm_dir / CARRIED))
             if accelerator.is_main_process:
                 print(branch.memory_note(), file=sys.stderr)
         collate = ClassificationCollator(tokenizer, task.max_length)
@@ -425,6 +438,7 @@ def run_prune(
                 for d in aux_data
             ],
             "aux_stage_steps": stage.steps if stage is not None else 0,
+            "in_warm": tc.in_warm,
         },
         "processes": accelerator.num_processes,
         "smoke": cfg.smoke,
@@ -438,11 +452,16 @@ def run_prune(
     return PruneResult(model=small, tokenizer=tokenizer, report=report, out_dir=out)
 
 
-def _save_main(accelerator, model, path: Path) -> None:
-    """Save a model directory atomically from the main process; everyone waits for it."""
+def _save_main(accelerator, model, path: Path, tensors: dict | None = None) -> None:
+    """Save a model directory (and `tensors`: file name -> state) atomically from the main
+    process; everyone waits for it."""
+    from safetensors.torch import save_file
+
     if accelerator.is_main_process:
         with atomic_dir(path, overwrite=True) as tmp:
             model.save_pretrained(tmp)
+            for name, state in (tensors or {}).items():
+                save_file(state, tmp / name)
     accelerator.wait_for_everyone()
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from tlprune.gates import GateConfig, GateSet, Lagrangian, expected_sparsity
 from tlprune.transfer.aux import AuxTask
-from tlprune.transfer.config import TransferConfig
+from tlprune.transfer.config import ScheduleConfig, TransferConfig
 from tlprune.transfer.groups import check_mask_kinds, select_weights
 from tlprune.transfer.schedules import Weight
 
@@ -83,6 +83,29 @@ class AuxBranch(nn.Module):
         self.beta = Weight(self.cfg.beta, steps, ramp_steps)
         self.gamma = Weight(self.cfg.gamma, steps, ramp_steps)
         self.aux_target = aux_target
+
+    def bind_warm(self, steps: int) -> None:
+        """Schedules over a dense warm fine-tune of `steps` steps (no gates, no gamma)."""
+        self.alpha = Weight(self.cfg.warm_alpha, steps, 0)
+        self.beta = Weight(self.cfg.warm_beta, steps, 0)
+        self.gamma = Weight(ScheduleConfig(), steps, 0)
+        self.aux_target = lambda step: 0.0
+
+    def carried_state(self) -> dict[str, torch.Tensor]:
+        """What a later phase's branch takes over: the heads (and their streams) and the
+        encoder weights this branch owns (soft: A's copy); never the target's shared tensors."""
+        mine = {id(p) for p in self._target_encoder.parameters()}
+        state = {f"tasks.{k}": v for k, v in self.tasks.state_dict().items()}
+        for name, p in self.encoder.named_parameters():
+            if id(p) not in mine:
+                state[f"encoder.{name}"] = p.detach()
+        return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+
+    def load_carried(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.carried_state()
+        if own.keys() != state.keys():
+            raise ValueError("the carried auxiliary state does not match this branch")
+        self.load_state_dict(state, strict=False)
 
     # -- parameters by optimizer ----------------------------------------------------------------
     def weight_params(self) -> list[nn.Parameter]:

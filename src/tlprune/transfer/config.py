@@ -16,9 +16,10 @@ MLM_TARGET_TEXTS = ("budget", "train")
 
 @dataclass
 class ScheduleConfig:
-    """A weight over the prune phase: kind (constant, linear, cosine), from `value` to `end`,
-    optional linear warm-up from 0 over `warmup` (a fraction of the phase), and zero after
-    the named part `off_after` (ramp: transfer only while the masks form)."""
+    """A weight over a phase (the prune phase; warm_* ones over the warm fine-tune): kind
+    (constant, linear, cosine), from `value` to `end`, optional linear warm-up from 0 over
+    `warmup` (a fraction of the phase), and zero after the named part `off_after` of the prune
+    phase (ramp: transfer only while the masks form)."""
 
     kind: str = "constant"
     value: float = 0.0
@@ -108,6 +109,10 @@ class TransferConfig:
     variant: str = "fixed_masks"  # sequential: fixed_masks | reprune
     aux_stage: TrainConfig = field(default_factory=_aux_stage)  # stilts / sequential, on A
     aux_warm: float = 0.3  # pruned A: this fraction of aux_stage trains densely before gates
+    # transfer during the dense warm fine-tune of T as well (shared, soft): schedules over the
+    # warm phase's steps; 0 (the default) = T alone there, as in CoFi
+    warm_alpha: ScheduleConfig = field(default_factory=ScheduleConfig)
+    warm_beta: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
         from tlprune.transfer.groups import check_mask_kinds, parse_weight_groups
@@ -139,6 +144,14 @@ class TransferConfig:
     @property
     def enabled(self) -> bool:
         return self.coupling != "none" and bool(self.aux)
+
+    @property
+    def in_warm(self) -> bool:
+        """Whether the auxiliary branch trains beside T during the warm fine-tune."""
+        zero = self.warm_alpha.value == 0 and (
+            self.warm_alpha.kind == "constant" or self.warm_alpha.end == 0
+        )
+        return self.coupling in ("shared", "soft") and not zero
 
     def check_ready(self, prune: Any) -> None:
         """Before a run, with the prune settings at hand: settings that would be silently
@@ -178,6 +191,16 @@ class TransferConfig:
                     "fixed_masks ships the auxiliary's masks, so they must meet the target's "
                     "budget: leave transfer.aux_sparsity empty (or equal to prune.sparsity)"
                 )
+        warm = (self.warm_alpha, self.warm_beta)
+        if any(w.value > 0 or w.end > 0 for w in warm) and c not in ("shared", "soft"):
+            raise ConfigError(
+                "transfer.warm_alpha/warm_beta act with coupling shared or soft (sequential "
+                "trains the auxiliary before, in transfer.aux_stage): set them to 0"
+            )
+        if any(w.off_after for w in warm):
+            raise ConfigError("off_after names a part of the prune phase: not for warm schedules")
+        if c != "soft" and (self.warm_beta.value > 0 or self.warm_beta.end > 0):
+            raise ConfigError("transfer.warm_beta acts only with coupling soft")
         if self.aux_stage.grad_accum != 1:
             raise ConfigError("transfer.aux_stage.grad_accum must be 1 (not supported there)")
 
