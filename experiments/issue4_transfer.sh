@@ -39,4 +39,9 @@ for seed in $SEEDS; do
     run soft-$aux-s$seed prune --preset soft "${common[@]}" "${pr[@]}" --seed $seed --aux $spec
   done
 done
+# When: joint with the auxiliary in the warm fine-tune too (after the issue's grid)
+for seed in $SEEDS; do
+  run joint+warm-movies-s$seed prune --preset joint "${common[@]}" "${pr[@]}" --seed $seed \
+    --aux vader-movies transfer.warm_alpha.value=1
+done
 python3 experiments/summarize.py "$OUT" --save experiments/results/$(basename "$OUT")
