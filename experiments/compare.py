@@ -1,11 +1,13 @@
 """Mean, std over seeds and paired bootstrap intervals between methods, from saved runs.
 
     python experiments/compare.py runs/issue4 [--baselines cofi finetune] [--save FILE.md]
-    python experiments/compare.py experiments/results/issue4   # the committed copies
+    python experiments/compare.py experiments/results/issue4 --plot FILE.png  # committed copies
 
-Runs are folders named METHOD-sSEED (e.g. joint-movies-s0) holding predictions.npz. The
-paired interval of the accuracy difference A - B resamples test examples within each seed
-(the same examples for both methods) and averages over the seeds both methods have.
+Runs are folders named METHOD-sSEED (e.g. joint-movies-s0) holding predictions.npz. Two paired
+intervals of the accuracy difference A - B (same seed = same budget draw and test examples):
+over seeds, the mean of the per-seed differences with a Student-t 95% interval (needs two
+seeds; the spread that matters for "does A beat B"); and over examples, a bootstrap that
+resamples test examples within each seed (test-set noise only).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 NAME = re.compile(r"^(?P<method>.+)-s(?P<seed>\d+)$")
+# two-sided 95% Student-t quantiles by degrees of freedom (from standard tables)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def load(root: Path) -> dict[str, dict[int, np.ndarray]]:
@@ -53,41 +57,83 @@ def paired(a: dict[int, np.ndarray], b: dict[int, np.ndarray], n: int = 2000, se
     return point, float(lo), float(hi), seeds
 
 
+def over_seeds(a: dict[int, np.ndarray], b: dict[int, np.ndarray]):
+    """Mean per-seed accuracy difference and its t interval over the seeds both have."""
+    seeds = sorted(set(a) & set(b))
+    d = np.array([a[s].mean() - b[s].mean() for s in seeds])
+    if len(d) < 2:
+        return None
+    half = T975.get(len(d) - 1, 1.96) * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half), seeds
+
+
+def _cell(r) -> str:
+    if not r:
+        return "-"
+    return f"{r[0] * 100:+.2f} [{r[1] * 100:+.2f}, {r[2] * 100:+.2f}] ({len(r[3])})"
+
+
+def table(runs: dict, baselines: list[str]) -> str:
+    head = ["method", "seeds", "test acc mean", "std"]
+    head += [f"vs {b} over seeds: diff [t 95%] (n)" for b in baselines]
+    head += [f"vs {b} over examples: diff [bootstrap 95%] (n)" for b in baselines]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in sorted(runs):
+        accs = [c.mean() for _, c in sorted(runs[method].items())]
+        std = f"{np.std(accs, ddof=1) * 100:.2f}" if len(accs) > 1 else "-"
+        mine = runs[method]
+        seeds = [over_seeds(mine, runs.get(b, {})) if b != method else None for b in baselines]
+        exs = [paired(mine, runs.get(b, {})) if b != method else None for b in baselines]
+        row = [method, ",".join(str(s) for s in sorted(mine)), f"{np.mean(accs) * 100:.2f}", std]
+        lines.append("| " + " | ".join(row + [_cell(r) for r in seeds + exs]) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict, baselines: list[str], path: Path) -> None:
+    """Test accuracy per seed (light dots), mean +- std over seeds (dark diamond) per method;
+    the baselines' means as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted(runs)
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(methods)), 4))
+    for i, m in enumerate(methods):
+        accs = [c.mean() * 100 for _, c in sorted(runs[m].items())]
+        std = np.std(accs, ddof=1) if len(accs) > 1 else 0.0
+        ax.errorbar(i + 0.15, np.mean(accs), yerr=std, fmt="D", color="#08306b", capsize=4)
+        ax.scatter([i - 0.1] * len(accs), accs, color="#6baed6", zorder=3, s=16)
+    for b, style in zip(baselines, ("--", ":"), strict=False):
+        if b in runs:
+            mean = np.mean([c.mean() * 100 for c in runs[b].values()])
+            ax.axhline(mean, color="gray", linestyle=style, label=f"{b} mean")
+    lows = [c.mean() * 100 for r in runs.values() for c in r.values()]
+    ax.set_ylim(max(0, min(lows) - 5), min(100, max(lows) + 3))
+    ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("root", type=Path)
     ap.add_argument("--baselines", nargs="+", default=["cofi", "finetune"])
     ap.add_argument("--save", type=Path)
+    ap.add_argument("--plot", type=Path, help="write a PNG of accuracy per method and seed")
     args = ap.parse_args()
     runs = load(args.root)
-    lines = [
-        "| method | seeds | test acc mean | std | "
-        + " | ".join(f"vs {b}: diff [95% CI] (seeds)" for b in args.baselines)
-        + " |",
-        "|---|---|---|---|" + "---|" * len(args.baselines),
-    ]
-    for method in sorted(runs):
-        accs = [c.mean() for _, c in sorted(runs[method].items())]
-        std = f"{np.std(accs, ddof=1) * 100:.2f}" if len(accs) > 1 else "-"
-        cells = []
-        for b in args.baselines:
-            r = paired(runs[method], runs.get(b, {})) if b != method else None
-            cells.append(
-                f"{r[0] * 100:+.2f} [{r[1] * 100:+.2f}, {r[2] * 100:+.2f}] ({len(r[3])})"
-                if r
-                else "-"
-            )
-        seeds = ",".join(str(s) for s in sorted(runs[method]))
-        lines.append(
-            f"| {method} | {seeds} | {np.mean(accs) * 100:.2f} | {std} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    text = "\n".join(lines)
+    text = table(runs, args.baselines)
     print(text)
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(text + "\n")
+    if args.plot:
+        plot(runs, args.baselines, args.plot)
 
 
 if __name__ == "__main__":

@@ -17,19 +17,27 @@ def rows(root: Path):
         if (d / "prune_report.json").is_file():
             r = json.loads((d / "prune_report.json").read_text())
             sp, pruned = r["sparsity"], r["params"]["pruned"]
-            yield d, "prune_report.json", (
-                f"| {d.name} | {r['preset']} | {r['test']['accuracy']:.4f} | "
-                f"{r['test']['macro_f1']:.4f} | {sp['target']} | {sp['achieved']:.4f} | "
-                f"{sp['expected_at_end']:.3f} | {pruned['total']:,} | {pruned['num_layers']}/"
-                f"{pruned['heads']}/{pruned['ffn_units']}/{pruned['hidden']} | "
-                f"{r['seconds']['total']:.0f} |"
+            yield (
+                d,
+                "prune_report.json",
+                (
+                    f"| {d.name} | {r['preset']} | {r['test']['accuracy']:.4f} | "
+                    f"{r['test']['macro_f1']:.4f} | {sp['target']} | {sp['achieved']:.4f} | "
+                    f"{sp['expected_at_end']:.3f} | {pruned['total']:,} | {pruned['num_layers']}/"
+                    f"{pruned['heads']}/{pruned['ffn_units']}/{pruned['hidden']} | "
+                    f"{r['seconds']['total']:.0f} |"
+                ),
             )
         elif (d / "metrics.json").is_file():
             m = json.loads((d / "metrics.json").read_text())
-            yield d, "metrics.json", (
-                f"| {d.name} | {m['method']} | {m['test']['accuracy']:.4f} | "
-                f"{m['test']['macro_f1']:.4f} | 0 | 0 | - | dense | - | "
-                f"{m['total_seconds']:.0f} |"
+            yield (
+                d,
+                "metrics.json",
+                (
+                    f"| {d.name} | {m['method']} | {m['test']['accuracy']:.4f} | "
+                    f"{m['test']['macro_f1']:.4f} | 0 | 0 | - | dense | - | "
+                    f"{m['total_seconds']:.0f} |"
+                ),
             )
 
 
