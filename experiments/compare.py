@@ -7,7 +7,9 @@ Runs are folders named METHOD-sSEED (e.g. joint-movies-s0) holding predictions.n
 intervals of the accuracy difference A - B (same seed = same budget draw and test examples):
 over seeds, the mean of the per-seed differences with a Student-t 95% interval (needs two
 seeds; the spread that matters for "does A beat B"); and over examples, a bootstrap that
-resamples test examples within each seed (test-set noise only).
+resamples test examples within each seed (test-set noise only). The dev column (the budget's
+51-example dev split, after the final fine-tune) is what a choice between methods may use:
+the test split is never used for selection.
 """
 
 from __future__ import annotations
@@ -36,6 +38,22 @@ def load(root: Path) -> dict[str, dict[int, np.ndarray]]:
             p = np.load(f)
             correct = (p["test_logits"].argmax(-1) == p["test_labels"]).astype(np.float64)
             out[m["method"]][int(m["seed"])] = correct
+    return out
+
+
+def dev_accuracy(root: Path) -> dict[str, dict[int, float]]:
+    """method -> seed -> accuracy on the budget's dev split (what selection may look at)."""
+    import json
+
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for f in sorted(root.glob("*-s*.json")) + sorted(root.glob("*-s*/*.json")):
+        stem = f.stem if f.parent == root else f.parent.name
+        m = NAME.match(stem)
+        if not m or f.name not in (f"{stem}.json", "prune_report.json", "metrics.json"):
+            continue
+        r = json.loads(f.read_text())
+        dev = r["dev"].get("final", r["dev"])  # prune report: after the final fine-tune
+        out[m["method"]][int(m["seed"])] = dev["accuracy"]
     return out
 
 
@@ -73,8 +91,9 @@ def _cell(r) -> str:
     return f"{r[0] * 100:+.2f} [{r[1] * 100:+.2f}, {r[2] * 100:+.2f}] ({len(r[3])})"
 
 
-def table(runs: dict, baselines: list[str]) -> str:
-    head = ["method", "seeds", "test acc mean", "std"]
+def table(runs: dict, baselines: list[str], dev: dict | None = None) -> str:
+    dev = dev or {}
+    head = ["method", "seeds", "dev acc mean", "test acc mean", "std"]
     head += [f"vs {b} over seeds: diff [t 95%] (n)" for b in baselines]
     head += [f"vs {b} over examples: diff [bootstrap 95%] (n)" for b in baselines]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -84,7 +103,10 @@ def table(runs: dict, baselines: list[str]) -> str:
         mine = runs[method]
         seeds = [over_seeds(mine, runs.get(b, {})) if b != method else None for b in baselines]
         exs = [paired(mine, runs.get(b, {})) if b != method else None for b in baselines]
-        row = [method, ",".join(str(s) for s in sorted(mine)), f"{np.mean(accs) * 100:.2f}", std]
+        d = [dev.get(method, {}).get(s) for s in sorted(mine)]
+        devs = f"{np.mean(d) * 100:.2f}" if d and None not in d else "-"
+        row = [method, ",".join(str(s) for s in sorted(mine)), devs, f"{np.mean(accs) * 100:.2f}"]
+        row.append(std)
         lines.append("| " + " | ".join(row + [_cell(r) for r in seeds + exs]) + " |")
     return "\n".join(lines)
 
@@ -127,7 +149,7 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="write a PNG of accuracy per method and seed")
     args = ap.parse_args()
     runs = load(args.root)
-    text = table(runs, args.baselines)
+    text = table(runs, args.baselines, dev_accuracy(args.root))
     print(text)
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)

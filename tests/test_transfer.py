@@ -240,24 +240,27 @@ def test_mlm_collator_masks_only_non_special_tokens_at_the_rate():
     assert torch.equal(again["labels"], batch["labels"])
 
 
-def test_aux_stream_is_a_function_of_its_position(tiny_bert_dir):
-    """Drawing auxiliary batches never moves the global RNG, and a task whose `stream` buffer
-    is restored (as a checkpoint does) continues with exactly the batches the original drew."""
+def test_aux_stream_is_a_function_of_its_position(tiny_bert_dir, monkeypatch):
+    """Drawing auxiliary batches never moves the global RNG (CPU or CUDA), and a task whose
+    position is restored (as a checkpoint does) continues with exactly the original batches."""
     tc = TransferConfig(coupling="shared", aux=[AuxConfig(source="x", task="mlm", batch_size=24)])
     model, tok = _model(tiny_bert_dir), tiny_tokenizer()
     task = _branch(model, None, tc, None, unit_sizes(model.config), tok).tasks[0]
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: pytest.fail("CUDA reseeded"))
     state = torch.get_rng_state()
-    first = [task.next_batch(torch.device("cpu")) for _ in range(4)]  # 64 rows: 3 a pass
+    [task.next_batch(torch.device("cpu")) for _ in range(4)]  # 64 rows: 3 batches a pass
     assert torch.equal(torch.get_rng_state(), state)
-    assert task.stream.tolist() == [1, 1]
+    assert task.position == (1, 1)
     saved = {k: v.clone() for k, v in task.state_dict().items()}
     later = [task.next_batch(torch.device("cpu")) for _ in range(3)]
     fresh = _branch(_model(tiny_bert_dir), None, tc, None, unit_sizes(model.config), tok).tasks[0]
     fresh.load_state_dict(saved)
     for a, b in zip(later, [fresh.next_batch(torch.device("cpu")) for _ in range(3)], strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # the masking differs from batch to batch, and the second pass is a new order
-    assert not torch.equal(first[0]["labels"], first[3]["labels"][: len(first[0]["labels"])])
+    # the same examples at another position get other masks; at the same position the same
+    examples = [{"text": "love the phone love the phone love the phone " * 3}] * 24
+    picked = [task.collate_at(examples, *pos)["labels"] != -100 for pos in ((0, 0), (0, 1), (0, 0))]
+    assert not torch.equal(picked[0], picked[1]) and torch.equal(picked[0], picked[2])
 
 
 # -- configuration and bad input -------------------------------------------------------------------
@@ -439,7 +442,8 @@ def test_mlm_on_target_texts_never_sees_dev_or_test(data):
             "always off",
         ),
         (["transfer.coupling=sequential", "transfer.warm_alpha.value=1"], "shared or soft"),
-        (["transfer.coupling=shared", "transfer.warm_beta.value=1"], "only with coupling soft"),
+        (["transfer.coupling=shared", "transfer.warm_beta.value=1"], "warm_beta acts only with"),
+        (["transfer.coupling=soft", "transfer.warm_beta.value=1"], "set transfer.warm_alpha"),
         (
             [
                 "transfer.coupling=shared",
@@ -556,12 +560,33 @@ def test_warm_phase_transfer_trains_the_branch_and_hands_it_on(
         "transfer.weights=[attention]",  # A owns its FFN weights: they are carried too
         "transfer.warm_alpha.value=1",
         "prune.warm.max_steps=3",
+        "prune.warm.eval_every=1",
     )
+    from tlprune.train import loop
+    from tlprune.transfer.branch import AuxBranch
+
+    # dev losses 0.5, 0.1, 0.9 in the warm phase: its best step is 2, not the last
+    branches, snaps, real_bind, real_eval = [], [], AuxBranch.bind_warm, loop.evaluate
+    monkeypatch.setattr(
+        AuxBranch, "bind_warm", lambda self, n: (branches.append(self), real_bind(self, n))[1]
+    )
+
+    def evaluate(*args):
+        dev = real_eval(*args)
+        if len(snaps) < 3:
+            dev["loss"] = (0.5, 0.1, 0.9)[len(snaps)]
+            snaps.append(branches[0].carried_state(streams=False))
+        return dev
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
     out = tmp_path / "warm"
     with pytest.raises(KeyboardInterrupt):
         run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), on_step=kill_at(1))
     warm = out.with_name("warm.partial") / "warm"
     carried = load_file(warm / "aux_branch.safetensors")
+    head = "tasks.0.head.out_proj.weight"
+    assert torch.equal(carried[head], snaps[1][head])  # the heads return to the best step too
+    assert not torch.equal(carried[head], snaps[2][head])
     rows = [
         json.loads(x)
         for x in (out.with_name("warm.partial") / "log.jsonl").read_text().splitlines()
@@ -571,7 +596,7 @@ def test_warm_phase_transfer_trains_the_branch_and_hands_it_on(
         r["alpha"] == 1.0 and any(k.startswith("aux/") for k in r) for r in warm_rows
     )
     # what was carried: the head, its stream position, and A's own (FFN) weights only
-    assert carried["tasks.0.stream"].tolist() == [0, 3]
+    assert carried["tasks.0._extra_state"].tolist() == [0, 3]
     assert any(k.startswith("encoder.") and ".ffn." in k for k in carried)
     assert not any(k.startswith("encoder.") and ".attention." in k for k in carried)
     # a new branch (as the prune phase builds) takes it over exactly
@@ -580,22 +605,40 @@ def test_warm_phase_transfer_trains_the_branch_and_hands_it_on(
     rows3 = [{"text": f"love the phone {i}", "label": i % 3} for i in range(30)]
     d = AuxData("aux", tc.aux[0], rows3, ["a", "b", "c"], 16)
     branch = build_branch(model, None, [d], tiny_tokenizer(), tc, None, unit_sizes(model.config), 0)
-    head = "tasks.0.head.out_proj.weight"
     assert not torch.equal(branch.carried_state()[head], carried[head])  # warm trained it
     branch.load_carried(carried)
     mine = branch.carried_state()
     assert mine.keys() == carried.keys() and all(torch.equal(mine[k], carried[k]) for k in mine)
-    from tlprune.transfer.branch import AuxBranch
-
     loaded = []
+
+    def load_and_record(self, state):
+        real(self, state)
+        loaded.append((self.carried_state(), self.tasks[0].position))
+
     real = AuxBranch.load_carried
-    monkeypatch.setattr(
-        AuxBranch, "load_carried", lambda self, state: (loaded.append(state), real(self, state))
-    )
+    monkeypatch.setattr(AuxBranch, "load_carried", load_and_record)
     result = run_prune(tiny_cfg(tiny_bert_dir, data, out, *extra), resume=True)
-    assert len(loaded) == 1 and torch.equal(loaded[0][head], carried[head])
+    assert len(loaded) == 1 and torch.equal(loaded[0][0][head], carried[head])
+    assert loaded[0][1] == (0, 3)  # the prune phase's stream goes on after the warm phase's
     assert result.report["transfer"]["in_warm"] is True
     assert "warm and prune phases" in (out / "README.md").read_text()
+
+
+def test_soft_warm_phase_pulls_the_copies_together(tmp_path, tiny_bert_dir, data, aux):
+    extra = (
+        "transfer.coupling=soft",
+        f"transfer.aux=[{{source: {aux}}}]",
+        "transfer.warm_alpha.value=1",
+        "transfer.warm_beta.value=5",
+        "transfer.warm_beta.kind=linear",
+        "prune.warm.max_steps=3",
+    )
+    result = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "soft", *extra))
+    rows = [json.loads(x) for x in (tmp_path / "soft" / "log.jsonl").read_text().splitlines()]
+    warm = [r for r in rows if r.get("phase") == "warm" and "loss" in r]
+    assert [r["beta"] for r in warm] == [5.0, 2.5, 0.0]  # linear 5 -> 0 over the 3 warm steps
+    assert warm[0]["aux/weight_distance"] == 0.0 < warm[1]["aux/weight_distance"]
+    assert result.report["transfer"]["in_warm"] is True
 
 
 def test_pruned_aux_stage_warms_up_densely_first(tmp_path, tiny_bert_dir, data, aux):

@@ -56,7 +56,8 @@ def train_classifier(
     """Train with AdamW (constant lr after optional linear warm-up), evaluate dev at each epoch
     (or every `cfg.eval_every` steps), and leave the model at its lowest-dev-loss state.
     `branch`: an auxiliary branch (transfer/branch.py) whose terms join the loss each step;
-    it keeps its last state (its heads go on training in the next phase)."""
+    its heads and own weights return to the best step with the model. Logged losses are
+    those of the last micro-batch of a step."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -81,6 +82,7 @@ def train_classifier(
     best: dict | None = None
     best_state: dict | None = None
     best_step = 0
+    branch_best: dict | None = None
     step = 0
     start = time.perf_counter()
     log = MetricsLog(log_path, accelerator)
@@ -93,7 +95,8 @@ def train_classifier(
                     loss = task_loss = model(**batch).loss
                     parts: dict[str, Any] = {}
                     if branch is not None:  # the target's loss is logged alone, parts beside
-                        extra, parts = branch(step, None, accelerator.device)
+                        with accelerator.autocast():
+                            extra, parts = branch(step, None, accelerator.device)
                         loss = task_loss + extra
                     if not torch.isfinite(loss):
                         raise TlpruneError(
@@ -122,6 +125,8 @@ def train_classifier(
                         best, best_step = dev, step
                         state = accelerator.unwrap_model(model).state_dict()
                         best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+                        if branch is not None:
+                            branch_best = branch.carried_state(streams=False)
                 if step >= steps:
                     break
     finally:
@@ -130,6 +135,8 @@ def train_classifier(
     assert best is not None and best_state is not None
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.load_state_dict(best_state)
+    if branch is not None and branch_best is not None:  # heads back to the best step too;
+        branch.load_carried(branch_best)  # the streams go on from where they are
     return LoopResult(
         best_dev=copy.deepcopy(best),
         best_step=best_step,

@@ -319,7 +319,9 @@ def run_prune(
             model = accelerator.unwrap_model(model)
             if warm_branch is not None:
                 carried = {CARRIED: warm_branch.carried_state()}
+                del warm_branch  # the prune phase builds its own branch and loads this state
         _save_main(accelerator, model, warm_dir, carried)
+        del carried
         accelerator.free_memory()
     seconds["warm"] = time.perf_counter() - t0
     dense_report = param_report(model)
@@ -353,6 +355,11 @@ def run_prune(
         if tc.coupling in ("shared", "soft"):
             branch = build_branch(model, gates, aux_data, tokenizer, tc, gate_cfg, sizes, cfg.seed)
             if tc.in_warm:
+                if not (warm_dir / CARRIED).is_file():
+                    raise TlpruneError(
+                        f"{warm_dir} has no {CARRIED} (the warm phase's auxiliary branch): delete "
+                        f"{warm_dir} and resume to redo the warm phase"
+                    )
                 branch.load_carried(load_file(warm_dir / CARRIED))
             if accelerator.is_main_process:
                 print(branch.memory_note(), file=sys.stderr)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,35 +142,44 @@ class AuxTask(nn.Module):
     """One auxiliary: its head, its loss on the encoder, and an endless seeded batch stream.
 
     Batch k of epoch e depends only on (seed, e, k): the order is a per-epoch permutation and
-    MLM masking draws from a generator seeded per batch. The position is a buffer, so the
-    checkpoint that saves the branch saves it too and a resumed run continues the same stream."""
+    MLM masking draws from the CPU generator reseeded per batch under a fork. The position
+    travels with state_dict() (extra state), so the checkpoint that saves the branch saves it
+    and a resumed run continues the same stream."""
 
     def __init__(self, data: AuxData, head: nn.Module, collate: Any, seed: int):
         super().__init__()
         self.data, self.head, self.collate = data, head, collate
         self.name, self.weight, self.kind = data.name, data.cfg.weight, data.cfg.task
         self.order = EpochShuffle(len(data.rows), seed)
-        self.register_buffer("stream", torch.zeros(2, dtype=torch.long))  # epoch, batch
+        self.position = (0, 0)  # (epoch, batches drawn in it)
         self._perm: tuple[int, list[int]] | None = None
 
-    def _indices(self) -> list[int]:
-        epoch, batch = self.stream.tolist()
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.position, dtype=torch.long)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        epoch, batch = (int(x) for x in state.tolist())
+        self.position = (epoch, batch)
+
+    def collate_at(self, examples: list[dict], epoch: int, batch: int) -> dict[str, torch.Tensor]:
+        """Collate `examples` as batch `batch` of epoch `epoch`: its randomness (MLM masking)
+        from a seed of that position, on the CPU generator only, forked and restored."""
+        seed = int(np.random.SeedSequence([self.order.seed, epoch, batch]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self.collate(examples)
+
+    def next_batch(self, device: torch.device) -> dict[str, torch.Tensor]:
+        epoch, batch = self.position
         size = self.data.cfg.batch_size
         if batch * size >= len(self.data.rows):  # a new epoch
             epoch, batch = epoch + 1, 0
         if self._perm is None or self._perm[0] != epoch:
             self.order.set_epoch(epoch)
             self._perm = (epoch, list(self.order))
-        self.stream.copy_(torch.tensor([epoch, batch + 1]))
-        return self._perm[1][batch * size : (batch + 1) * size]
-
-    def next_batch(self, device: torch.device) -> dict[str, torch.Tensor]:
-        epoch, batch = self.stream.tolist()
-        examples = [self.data.rows[i] for i in self._indices()]
-        # the collator's randomness (MLM masking) from a per-batch seed, global RNG untouched
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.order.seed * 100_003 + epoch * 10_007 + batch)
-            out = self.collate(examples)
+        examples = [self.data.rows[i] for i in self._perm[1][batch * size : (batch + 1) * size]]
+        self.position = (epoch, batch + 1)
+        out = self.collate_at(examples, epoch, batch)
         return {k: v.to(device) for k, v in out.items()}
 
     def loss(self, encoder: nn.Module, gates: dict | None, device: torch.device) -> torch.Tensor:

@@ -91,20 +91,32 @@ class AuxBranch(nn.Module):
         self.gamma = Weight(ScheduleConfig(), steps, 0)
         self.aux_target = lambda step: 0.0
 
-    def carried_state(self) -> dict[str, torch.Tensor]:
-        """What a later phase's branch takes over: the heads (and their streams) and the
-        encoder weights this branch owns (soft: A's copy); never the target's shared tensors."""
+    def carried_state(self, streams: bool = True) -> dict[str, torch.Tensor]:
+        """What a later phase's branch takes over: the heads (with their stream positions unless
+        `streams` is False) and the encoder weights this branch owns (soft: A's copy); never
+        the target's shared tensors."""
         mine = {id(p) for p in self._target_encoder.parameters()}
         state = {f"tasks.{k}": v for k, v in self.tasks.state_dict().items()}
+        if not streams:
+            state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
         for name, p in self.encoder.named_parameters():
             if id(p) not in mine:
-                state[f"encoder.{name}"] = p.detach()
+                state[f"encoder.{name}"] = p
         return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
 
     def load_carried(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.carried_state()
-        if own.keys() != state.keys():
-            raise ValueError("the carried auxiliary state does not match this branch")
+        """Load what carried_state() gave (all of it, or all but the stream positions)."""
+        mine = {id(p) for p in self._target_encoder.parameters()}
+        own = {f"encoder.{n}" for n, p in self.encoder.named_parameters() if id(p) not in mine}
+        heads = {f"tasks.{k}" for k in self.tasks.state_dict()}
+        streams = {k for k in heads if k.endswith("_extra_state")}
+        if set(state) not in (own | heads, own | heads - streams):
+            from tlprune.errors import TlpruneError
+
+            raise TlpruneError(
+                "the saved auxiliary branch does not match this run's auxiliaries: start again "
+                "without --resume (or with --overwrite)"
+            )
         self.load_state_dict(state, strict=False)
 
     # -- parameters by optimizer ----------------------------------------------------------------
@@ -153,9 +165,12 @@ class AuxBranch(nn.Module):
             params = dict(self._target_encoder.named_parameters())
             mine = dict(self.encoder.named_parameters())
             pen = sum(
-                (params[n] - mine[n]).pow(2).sum()
-                for n in self.weight_names
-                if params[n].requires_grad or mine[n].requires_grad  # frozen: equal, skip
+                (
+                    (params[n] - mine[n]).pow(2).sum()
+                    for n in self.weight_names
+                    if params[n].requires_grad or mine[n].requires_grad  # frozen: equal, skip
+                ),
+                torch.zeros((), device=device),
             )
             total = total + b * pen
             parts["aux/weight_distance"] = pen.detach()
@@ -197,7 +212,7 @@ def build_branch(
     from tlprune.transfer.aux import build_aux_task
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 104_729)
+        torch.default_generator.manual_seed(seed + 104_729)  # the CPU one only: it is forked
         tasks = [
             build_aux_task(d, model, tokenizer, seed + 1_000 + k) for k, d in enumerate(aux_data)
         ]

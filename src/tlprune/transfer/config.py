@@ -201,6 +201,11 @@ class TransferConfig:
             raise ConfigError("off_after names a part of the prune phase: not for warm schedules")
         if c != "soft" and (self.warm_beta.value > 0 or self.warm_beta.end > 0):
             raise ConfigError("transfer.warm_beta acts only with coupling soft")
+        if (self.warm_beta.value > 0 or self.warm_beta.end > 0) and not self.in_warm:
+            raise ConfigError(
+                "transfer.warm_beta acts only when the branch trains in the warm phase: "
+                "set transfer.warm_alpha.value > 0 too"
+            )
         if self.aux_stage.grad_accum != 1:
             raise ConfigError("transfer.aux_stage.grad_accum must be 1 (not supported there)")
 

@@ -1,4 +1,4 @@
-"""Masked-language modelling as an auxiliary task: a seeded collator and a head whose
+"""Masked-language modelling as an auxiliary task: a collator and a head whose
 vocabulary logits are computed at the masked positions only (DESIGN 2.9: a full-vocabulary
 head at every position costs more than the encoder)."""
 
@@ -15,8 +15,9 @@ from transformers.activations import ACT2FN
 class MLMCollator:
     """Texts -> padded ids with 15% (configurable) of the non-special, non-padding tokens
     selected; of those 80% become [MASK], 10% a random token, 10% stay (BERT's recipe).
-    It draws from torch's global RNG: AuxTask calls it under a forked RNG seeded per batch,
-    so a stream is reproducible from its position and never moves the training RNG."""
+    It draws from torch's CPU generator: AuxTask calls it under a fork of that generator,
+    seeded from the batch's position, so a stream is reproducible and never moves the
+    training RNG."""
 
     def __init__(self, tokenizer: Any, max_length: int, probability: float):
         from transformers import DataCollatorForLanguageModeling
