@@ -70,6 +70,33 @@ def test_shared_with_alpha_zero_is_exactly_cofi(tmp_path, tiny_bert_dir, data, a
     assert shared.report["transfer"]["coupling"] == "shared"
 
 
+def test_soft_with_zero_beta_and_gamma_leaves_the_target_as_cofi(
+    tmp_path, tiny_bert_dir, data, aux
+):
+    """Soft coupling with beta = gamma = 0 trains two independent models: the target's masks and
+    weights are exactly cofi's (each branch's gradients are clipped on their own norm)."""
+    clip = ("prune.prune.grad_clip=0.05",)  # small enough to bind every step
+    cofi = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "cofi", *clip))
+    soft = run_prune(
+        tiny_cfg(
+            tiny_bert_dir,
+            data,
+            tmp_path / "soft",
+            *clip,
+            "transfer.coupling=soft",
+            f"transfer.aux=[{{source: {aux}}}, {{source: target, task: mlm}}]",
+            "transfer.aux_prune=true",
+        )
+    )
+    a = load_file(tmp_path / "cofi" / "masks.safetensors")
+    b = load_file(tmp_path / "soft" / "masks.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = cofi.model.state_dict(), soft.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    rows = [json.loads(x) for x in (tmp_path / "soft" / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("phase") == "prune" and any(k.startswith("aux/") for k in r) for r in rows)
+
+
 def test_shared_coupling_trains_one_tensor(tmp_path, tiny_bert_dir, data, aux):
     """With alpha > 0 the auxiliary loss moves the shared weights, and the target run differs."""
     model = _model(tiny_bert_dir)

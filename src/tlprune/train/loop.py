@@ -64,10 +64,12 @@ def train_classifier(
     set_trainable(model, cfg.freeze)
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     params = [p for p in model.parameters() if p.requires_grad]
+    clip_groups = [params]
     if branch is not None:
         set_trainable(branch.encoder, cfg.freeze)
         branch.to(accelerator.device).train()
-        params += [p for p in branch.weight_params() if p.requires_grad]
+        clip_groups = branch.clip_groups(params)
+        params = [p for group in clip_groups for p in group]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer, train_loader, dev_loader = accelerator.prepare(
         model, optimizer, train_loader, dev_loader
@@ -105,7 +107,8 @@ def train_classifier(
                         )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.grad_clip:
-                        accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                        for group in clip_groups:
+                            accelerator.clip_grad_norm_(group, cfg.grad_clip)
                     optimizer.step()
                     if accelerator.sync_gradients:
                         scheduler.step()

@@ -147,9 +147,11 @@ def run_prune_phase(
     if distiller is not None:
         weights += list(distiller.parameters())
     gate_params, lambda_params = list(gates.parameters()), list(lagrangian.parameters())
+    clip_groups = [weights]
     if branch is not None:
         set_trainable(branch.encoder, phase.freeze)
-        weights += [p for p in branch.weight_params() if p.requires_grad]
+        clip_groups = branch.clip_groups(weights)
+        weights = [p for group in clip_groups for p in group]
         if branch.gates is not None:
             gate_params += list(branch.gates.parameters())
             lambda_params += list(branch.lagrangian.parameters())
@@ -259,7 +261,8 @@ def run_prune_phase(
                         )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and phase.grad_clip:
-                        accelerator.clip_grad_norm_(weights, phase.grad_clip)
+                        for group in clip_groups:
+                            accelerator.clip_grad_norm_(group, phase.grad_clip)
                     for opt in (w_opt, gate_opt, lambda_opt):
                         opt.step()
                         opt.zero_grad()

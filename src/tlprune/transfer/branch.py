@@ -126,6 +126,13 @@ class AuxBranch(nn.Module):
         out = [p for p in self.encoder.parameters() if id(p) not in mine]
         return out + list(self.tasks.parameters())
 
+    def clip_groups(self, target: list[nn.Parameter]) -> list[list[nn.Parameter]]:
+        """Gradient-clipping groups beside the target's trainable weights: soft has two models,
+        each clipped on its own norm (so beta = 0 is two independent runs); shared is one
+        model with extra heads, clipped together."""
+        own = [p for p in self.weight_params() if p.requires_grad]
+        return [target, own] if self.coupling == "soft" else [target + own]
+
     # -- the objective ---------------------------------------------------------------------------
     def aux_gates(self, z_target: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         z = dict(self.gates()) if self.gates is not None else {}
