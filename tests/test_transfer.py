@@ -46,6 +46,14 @@ def _model(tiny_bert_dir):
     return from_hf(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir))
 
 
+def assert_same_run(a, b) -> None:
+    """Two finished runs saved exactly the same masks and weights."""
+    ma, mb = (load_file(r.out_dir / "masks.safetensors") for r in (a, b))
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 # -- how -------------------------------------------------------------------------------------------
 
 
@@ -62,11 +70,7 @@ def test_shared_with_alpha_zero_is_exactly_cofi(tmp_path, tiny_bert_dir, data, a
             "transfer.alpha.value=0",
         )
     )
-    a = load_file(tmp_path / "cofi" / "masks.safetensors")
-    b = load_file(tmp_path / "shared" / "masks.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    sa, sb = cofi.model.state_dict(), shared.model.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_same_run(cofi, shared)
     assert shared.report["transfer"]["coupling"] == "shared"
 
 
@@ -88,11 +92,7 @@ def test_soft_with_zero_beta_and_gamma_leaves_the_target_as_cofi(
             "transfer.aux_prune=true",
         )
     )
-    a = load_file(tmp_path / "cofi" / "masks.safetensors")
-    b = load_file(tmp_path / "soft" / "masks.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    sa, sb = cofi.model.state_dict(), soft.model.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_same_run(cofi, soft)
     rows = [json.loads(x) for x in (tmp_path / "soft" / "log.jsonl").read_text().splitlines()]
     assert any(r.get("phase") == "prune" and any(k.startswith("aux/") for k in r) for r in rows)
 
