@@ -24,11 +24,13 @@ from tlprune.transfer.schedules import Weight
 
 
 def aux_csv(path, n=120):
-    """A labelled auxiliary whose texts never occur in the target's data (3 classes)."""
+    """A labelled auxiliary whose texts never occur in the target's data (3 classes, and a
+    numeric rating for regression)."""
     rows = [
-        f"{('love', 'hate', 'meh')[i % 3]} the phone number {i},{'abc'[i % 3]}" for i in range(n)
+        f"{('love', 'hate', 'meh')[i % 3]} the phone number {i},{'abc'[i % 3]},{i % 7 - 3}.5"
+        for i in range(n)
     ]
-    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    path.write_text("text,label,rating\n" + "\n".join(rows) + "\n")
     return path
 
 
@@ -300,6 +302,39 @@ def test_parse_aux_specs():
     assert (m.source, m.mlm_text, m.weight) == ("target", "train", 0.5)
     with pytest.raises(ConfigError, match="weight"):
         parse_aux("vader-movies@x")
+    r = parse_aux("reg:vader-movies@0.3")
+    assert (r.source, r.task, r.value_column, r.weight) == (
+        "vader-movies",
+        "regression",
+        "rating",
+        0.3,
+    )
+    with pytest.raises(ConfigError, match="numeric"):
+        parse_aux("reg:notes.txt")
+
+
+def test_regression_auxiliary_values_are_checked_and_standardised(tmp_path, data, aux):
+    from tlprune.config import DataConfig
+    from tlprune.data.sources import load_task
+    from tlprune.data.split import draw_budget
+    from tlprune.errors import DataError
+    from tlprune.transfer.aux import load_aux
+
+    task = load_task(DataConfig(target=str(data)))
+    budget = draw_budget(task.train["label"], 40, 0, 0.2, task.num_labels)
+    d = load_aux(parse_aux(f"reg:{aux}"), task, budget, 0)
+    values = torch.tensor(d.rows["value"])
+    assert d.rows.column_names == ["text", "value"] and len(values) > 50
+    assert abs(values.mean().item()) < 1e-5 and abs(values.std(unbiased=False).item() - 1) < 1e-4
+    assert "regression on 'rating'" in d.notes[0]
+    with pytest.raises(DataError, match="value column 'stars' not found"):
+        load_aux(
+            AuxConfig(source=str(aux), task="regression", value_column="stars"), task, budget, 0
+        )
+    with pytest.raises(DataError, match="not numeric"):
+        load_aux(
+            AuxConfig(source=str(aux), task="regression", value_column="label"), task, budget, 0
+        )
 
 
 @pytest.mark.parametrize(
@@ -378,13 +413,18 @@ def test_bad_transfer_input_via_cli(tmp_path, tiny_bert_dir, data, aux, capsys, 
 @pytest.mark.parametrize("preset", ["stilts", "sequential", "joint", "soft", "transfer"])
 def test_transfer_presets_run_end_to_end(tmp_path, tiny_bert_dir, data, aux, preset):
     out = tmp_path / preset
-    code = _cli(
-        tiny_bert_dir, data, out, "--preset", preset, "--aux", str(aux), "--aux", "mlm:target@0.5"
-    )
+    specs = ["--aux", str(aux), "--aux", "mlm:target@0.5", "--aux", f"reg:{aux}@0.3"]
+    code = _cli(tiny_bert_dir, data, out, "--preset", preset, *specs)
     assert code == 0
     report = json.loads((out / "prune_report.json").read_text())
     assert report["preset"] == preset and report["sparsity"]["achieved"] >= 0.5
-    assert [a["task"] for a in report["transfer"]["aux"]] == ["classification", "mlm"]
+    tasks = [a["task"] for a in report["transfer"]["aux"]]
+    assert tasks == ["classification", "mlm", "regression"]
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    phase = "aux" if preset in ("stilts", "sequential") else "prune"
+    losses = {k for r in rows if r.get("phase") == phase for k in r if k.startswith("aux/")}
+    losses -= {"aux/expected_sparsity", "aux/weight_distance", "aux/mask_distance"}
+    assert losses == {f"aux/{aux}", "aux/mlm:target-texts", f"aux/reg:{aux}"}, losses
     assert report["transfer"]["aux"][1]["weight"] == 0.5
     if preset in ("stilts", "sequential"):
         assert report["transfer"]["aux_stage_steps"] == 4  # smoke

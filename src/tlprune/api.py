@@ -65,7 +65,7 @@ def prune(
 ) -> PruneResult | FinetuneResult:
     """Prune `model` for `target` to `sparsity` using `budget` labelled examples.
 
-    `aux` lists auxiliary data for the transfer presets (`[mlm:]SOURCE[@WEIGHT]`).
+    `aux` lists auxiliary data for the transfer presets (`[mlm:|reg:]SOURCE[@WEIGHT]`).
     `preset="finetune"` trains the dense baseline instead (a FinetuneResult). `config` (a full
     RunConfig, e.g. from `tlprune.presets.preset_config`) and `preset` are alternatives; the
     other arguments override the matching fields.
@@ -81,7 +81,7 @@ def prune(
     cfg = config if config is not None else preset_config(preset or "cofi")
     if sparsity is not None:
         cfg = replace(cfg, prune=replace(cfg.prune, sparsity=sparsity))
-    if aux is not None:  # `[mlm:]SOURCE[@WEIGHT]` strings, as on the command line
+    if aux is not None:  # `[mlm:|reg:]SOURCE[@WEIGHT]` strings, as on the command line
         from tlprune.transfer.config import parse_aux
 
         cfg = replace(cfg, transfer=replace(cfg.transfer, aux=[parse_aux(a) for a in aux]))

@@ -35,7 +35,10 @@ AuxOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--aux",
-        help="Auxiliary data, repeatable: [mlm:]SOURCE[@WEIGHT], e.g. vader-movies, mlm:target.",
+        help=(
+            "Auxiliary data, repeatable: [mlm:|reg:]SOURCE[@WEIGHT], e.g. vader-movies, "
+            "mlm:target, reg:vader-movies (regression on its rating)."
+        ),
     ),
 ]
 BudgetOpt = Annotated[int | None, typer.Option("--budget", help="Labelled examples (train+dev).")]

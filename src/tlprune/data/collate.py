@@ -10,10 +10,12 @@ import torch
 
 @dataclass
 class ClassificationCollator:
-    """Tokenise a list of {text[, text_pair], label} rows into a padded batch."""
+    """Tokenise a list of {text[, text_pair], label} rows into a padded batch (`label_key`
+    "value": float targets, for a regression auxiliary)."""
 
     tokenizer: Any
     max_length: int
+    label_key: str = "label"
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         texts = [r["text"] for r in rows]
@@ -26,7 +28,8 @@ class ClassificationCollator:
             padding=True,
             return_tensors="pt",
         )
-        batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
+        dtype = torch.long if self.label_key == "label" else torch.float32
+        batch["labels"] = torch.tensor([r[self.label_key] for r in rows], dtype=dtype)
         return dict(batch)
 
 

@@ -38,18 +38,19 @@ class TaskData:
         return len(self.label_names)
 
 
-def load_task(cfg: DataConfig) -> TaskData:
-    """Resolve `cfg.target` (name, file, folder or hub id) and normalise its columns."""
+def load_task(cfg: DataConfig, keep: tuple[str, ...] = ()) -> TaskData:
+    """Resolve `cfg.target` (name, file, folder or hub id) and normalise its columns; `keep`
+    names extra columns to carry along unchanged (a regression auxiliary's values)."""
     target = cfg.target
     path = Path(target).expanduser()
     if target in bundled.REGISTRY:
-        return _load_bundled(cfg)
+        return _check_kept(_load_bundled(cfg), keep, target)
     if path.suffix.lower() in FILE_SUFFIXES or path.is_file():
-        return _load_files(cfg, path)
+        return _load_files(cfg, path, keep)
     if path.is_dir():
-        return _load_saved(cfg, path)
+        return _load_saved(cfg, path, keep)
     if "/" in target and not target.startswith((".", "/", "~")):
-        return _load_hub(cfg)
+        return _load_hub(cfg, keep)
     raise DataError(
         f"unknown dataset {target!r}: use one of {sorted(bundled.REGISTRY)}, a CSV/TSV/JSONL "
         "file, a `datasets` folder, or a hub id owner/name"
@@ -93,7 +94,7 @@ def _read_table(path: Path):
     return datasets.Dataset.from_pandas(frame, preserve_index=False)
 
 
-def _load_files(cfg: DataConfig, path: Path) -> TaskData:
+def _load_files(cfg: DataConfig, path: Path, keep: tuple[str, ...]) -> TaskData:
     train = _read_table(path)
     if cfg.test_file:
         test = _read_table(Path(cfg.test_file).expanduser())
@@ -101,10 +102,10 @@ def _load_files(cfg: DataConfig, path: Path) -> TaskData:
     else:
         train, test = _split_off_test(train, cfg)
         notes = [f"test split: seeded stratified {cfg.test_fraction:.0%} of {path.name}"]
-    return _normalise(cfg, str(path), train, test, f"file {path}", notes)
+    return _normalise(cfg, str(path), train, test, f"file {path}", notes, keep)
 
 
-def _load_saved(cfg: DataConfig, path: Path) -> TaskData:
+def _load_saved(cfg: DataConfig, path: Path, keep: tuple[str, ...]) -> TaskData:
     import datasets
 
     try:
@@ -114,10 +115,10 @@ def _load_saved(cfg: DataConfig, path: Path) -> TaskData:
             f"{path} is not a `datasets.save_to_disk` folder ({exc.__class__.__name__}); "
             "give a CSV/TSV/JSONL file or a saved dataset"
         ) from None
-    return _from_dataset_obj(cfg, obj, f"datasets folder {path}")
+    return _from_dataset_obj(cfg, obj, f"datasets folder {path}", keep)
 
 
-def _load_hub(cfg: DataConfig) -> TaskData:
+def _load_hub(cfg: DataConfig, keep: tuple[str, ...]) -> TaskData:
     import datasets
 
     try:
@@ -127,10 +128,12 @@ def _load_hub(cfg: DataConfig) -> TaskData:
             f"cannot load hub dataset {cfg.target!r} ({exc.__class__.__name__}); without hub "
             "access, save it with `save_to_disk` elsewhere and pass the folder"
         ) from None
-    return _from_dataset_obj(cfg, obj, f"hub dataset {cfg.target}")
+    return _from_dataset_obj(cfg, obj, f"hub dataset {cfg.target}", keep)
 
 
-def _from_dataset_obj(cfg: DataConfig, obj: Any, source: str) -> TaskData:
+def _from_dataset_obj(
+    cfg: DataConfig, obj: Any, source: str, keep: tuple[str, ...] = ()
+) -> TaskData:
     import datasets
 
     notes: list[str] = []
@@ -148,7 +151,21 @@ def _from_dataset_obj(cfg: DataConfig, obj: Any, source: str) -> TaskData:
         else:
             test = obj[test_name]
             notes.append(f"test split: the dataset's '{test_name}' split")
-    return _normalise(cfg, cfg.target, train, test, source, notes)
+    return _normalise(cfg, cfg.target, train, test, source, notes, keep)
+
+
+def _check_kept(task: TaskData, keep: tuple[str, ...], source: str) -> TaskData:
+    for column in keep:
+        if column not in task.train.column_names:
+            _missing_kept(column, task.train.column_names, source)
+    return task
+
+
+def _missing_kept(column: str, available: list[str], source: str) -> None:
+    raise DataError(
+        f"value column {column!r} not found in the train split of {source} (columns: "
+        f"{available}); set the auxiliary's value_column to a numeric column"
+    )
 
 
 def _labels_of(ds: Any, column: str) -> list[Any]:
@@ -174,12 +191,17 @@ def _missing(column: str, role: str, available: list[str], key: str, where: str 
     )
 
 
-def _normalise(cfg: DataConfig, name: str, train, test, source: str, notes: list[str]) -> TaskData:
+def _normalise(
+    cfg: DataConfig, name: str, train, test, source: str, notes: list[str], keep=()
+) -> TaskData:
     import datasets
 
     wanted = [("text_column", cfg.text_column, "text"), ("label_column", cfg.label_column, "label")]
     if cfg.text_pair_column:
         wanted.append(("text_pair_column", cfg.text_pair_column, "text pair"))
+    for column in keep:
+        if column not in train.column_names:
+            _missing_kept(column, train.column_names, source)
     for split_name, ds in (("train", train), ("test", test)):
         if len(ds) == 0:
             raise DataError(f"the {split_name} split of {source} is empty")
@@ -215,6 +237,8 @@ def _normalise(cfg: DataConfig, name: str, train, test, source: str, notes: list
         if cfg.text_pair_column:
             cols["text_pair"] = [_text(v, split_name, source) for v in ds[cfg.text_pair_column]]
         cols["label"] = ys
+        for column in keep if split_name == "train" else ():  # only the train split is used
+            cols[column] = list(ds[column])
         return datasets.Dataset.from_dict(cols)
 
     return TaskData(

@@ -25,7 +25,8 @@ MAX_TEST_OVERLAP = 0.01
 
 @dataclass
 class AuxData:
-    """One auxiliary's training rows (`text`, and `label` for classification)."""
+    """One auxiliary's training rows (`text`; `label` for classification, `value` (z-scores)
+    for regression)."""
 
     name: str
     cfg: AuxConfig
@@ -75,7 +76,8 @@ def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
             budget=None,
             max_length=cfg.max_length,
         )
-        aux = load_task(data)
+        keep = (cfg.value_column,) if cfg.task == "regression" else ()
+        aux = load_task(data, keep=keep)
         if _same_source(aux, target):
             raise ConfigError(
                 f"auxiliary {cfg.source!r} is the target itself: its labels would exceed the "
@@ -84,17 +86,47 @@ def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
         rows, name, labels, max_length = aux.train, aux.name, aux.label_names, aux.max_length
         if cfg.task == "mlm":
             rows, labels = rows.select_columns(["text"]), []
+        if cfg.task == "regression":
+            rows, mean, std = _standardised(rows, cfg.value_column, cfg.source)
+            labels = []
+            notes.append(
+                f"regression on {cfg.value_column!r} (mean {mean:.3g}, std {std:.3g}), "
+                "standardised for an MSE loss"
+            )
     if cfg.max_length is not None:
         max_length = cfg.max_length
     if len(rows) == 0:
         raise DataError(f"auxiliary {cfg.source!r} has no examples: give a source with data")
-    rows, dropped = _without_target_texts(rows, target, budget, cfg.source, labelled=bool(labels))
+    supervised = cfg.task != "mlm"
+    rows, dropped = _without_target_texts(rows, target, budget, cfg.source, labelled=supervised)
     if dropped:
         notes.append(f"{dropped} auxiliary rows whose text is a target dev/test text were dropped")
     if cfg.max_examples is not None and cfg.max_examples < len(rows):
         rows = rows.shuffle(seed=seed).select(range(cfg.max_examples))
         notes.append(f"capped at {cfg.max_examples} examples (seeded draw)")
+    if cfg.task != "classification":  # logs and reports tell "vader-movies" tasks apart
+        name = f"{'mlm' if cfg.task == 'mlm' else 'reg'}:{name}"
     return AuxData(name, cfg, rows, labels, max_length, notes)
+
+
+def _standardised(rows: Any, column: str, source: str) -> tuple[Any, float, float]:
+    """Rows {text, value} with the numeric `column` as z-scores, and its mean and std."""
+    import datasets
+
+    try:
+        values = np.array([float(v) for v in rows[column]], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"value column {column!r} of {source!r} is not numeric: regression auxiliaries need "
+            "numbers (set value_column)"
+        ) from None
+    if not np.isfinite(values).all():
+        raise DataError(f"value column {column!r} of {source!r} has missing or infinite values")
+    mean, std = float(values.mean()), float(values.std())
+    if std == 0.0:
+        raise DataError(f"value column {column!r} of {source!r} is constant: nothing to regress")
+    z = ((values - mean) / std).astype(np.float32).tolist()
+    return datasets.Dataset.from_dict({"text": list(rows["text"]), "value": z}), mean, std
 
 
 def _same_source(aux: Any, target: Any) -> bool:
@@ -189,6 +221,8 @@ class AuxTask(nn.Module):
         hidden = encoder(**batch, gates=gates).last_hidden_state
         if self.kind == "mlm":
             return self.head(hidden, labels, encoder.embeddings.word_embeddings.weight)
+        if self.kind == "regression":
+            return F.mse_loss(self.head(hidden).squeeze(-1), labels)
         return F.cross_entropy(self.head(hidden), labels)
 
 
@@ -201,9 +235,9 @@ def build_aux_task(data: AuxData, model: nn.Module, tokenizer: Any, seed: int) -
     if data.cfg.task == "mlm":
         head = MLMHead(cfg.hidden_size, cfg.vocab_size, cfg.hidden_act, cfg.layer_norm_eps)
         collate = MLMCollator(tokenizer, data.max_length, data.cfg.mlm_probability)
-    else:
+    else:  # classification, or regression: the same head with one output
         head_cfg = copy.deepcopy(cfg)
-        head_cfg.num_labels = len(data.label_names)
+        head_cfg.num_labels = 1 if data.cfg.task == "regression" else len(data.label_names)
         head = TlpruneClassificationHead(head_cfg)
         with torch.no_grad():  # start from the target head's pre-trained pooler, fresh logits
             if head.dense is not None and model.classifier.dense is not None:
@@ -211,4 +245,6 @@ def build_aux_task(data: AuxData, model: nn.Module, tokenizer: Any, seed: int) -
             nn.init.normal_(head.out_proj.weight, std=0.02)
             nn.init.zeros_(head.out_proj.bias)
         collate = ClassificationCollator(tokenizer, data.max_length)
+        if data.cfg.task == "regression":
+            collate = ClassificationCollator(tokenizer, data.max_length, label_key="value")
     return AuxTask(data, head, collate, seed)

@@ -223,4 +223,9 @@ def build_branch(
         tasks = [
             build_aux_task(d, model, tokenizer, seed + 1_000 + k) for k, d in enumerate(aux_data)
         ]
+    seen: set[str] = set()
+    for k, task in enumerate(tasks):  # one name per task in logs (the same source twice)
+        if task.name in seen:
+            task.name = f"{task.name}#{k}"
+        seen.add(task.name)
     return AuxBranch(model.tlprune, target_gates, tasks, cfg, gate_cfg, sizes, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tlprune.config import TrainConfig
@@ -10,7 +11,7 @@ from tlprune.errors import ConfigError
 
 COUPLINGS = ("none", "shared", "soft", "sequential")
 SEQUENTIAL_VARIANTS = ("fixed_masks", "reprune")
-AUX_TASKS = ("classification", "mlm")
+AUX_TASKS = ("classification", "mlm", "regression")
 MLM_TARGET_TEXTS = ("budget", "train")
 
 
@@ -51,10 +52,11 @@ class AuxConfig:
     folder, or `target` (MLM on the target's own training texts, see `mlm_text`)."""
 
     source: str = ""
-    task: str = "classification"  # classification | mlm
+    task: str = "classification"  # classification | mlm | regression (MSE on value_column)
     weight: float = 1.0  # alpha_k, multiplies the alpha schedule
     text_column: str = "text"
     label_column: str = "label"
+    value_column: str = "rating"  # regression: a numeric column (standardised for the loss)
     mlm_text: str = "budget"  # source=target: budget (the budget's train texts) | train (all)
     mlm_probability: float = 0.15
     max_examples: int | None = None  # cap on auxiliary examples (None: all of its train split)
@@ -73,6 +75,11 @@ class AuxConfig:
             raise ConfigError(
                 "source `target` gives unlabelled texts only: use it with task mlm "
                 "(the target's labels are the end task itself)"
+            )
+        if self.task == "regression" and Path(self.source).suffix.lower() == ".txt":
+            raise ConfigError(
+                f"a .txt file has texts only: regression needs a table with a numeric "
+                f"{self.value_column!r} column"
             )
         if self.weight < 0:
             raise ConfigError(f"aux weight must be >= 0, got {self.weight} for {self.source}")
@@ -211,12 +218,15 @@ class TransferConfig:
 
 
 def parse_aux(spec: str) -> AuxConfig:
-    """`[mlm:]SOURCE[@WEIGHT]` from the command line: `vader-movies`, `mlm:target` (the budget's
-    texts), `mlm:target-train` (all target training texts), `mlm:notes.txt@0.5`."""
+    """`[mlm:|reg:]SOURCE[@WEIGHT]` from the command line: `vader-movies`, `mlm:target` (the
+    budget's texts), `mlm:target-train` (all target training texts), `mlm:notes.txt@0.5`,
+    `reg:vader-movies` (regression on its `rating` column)."""
     body, _, weight = spec.partition("@")
     task = "classification"
     if body.startswith("mlm:"):
         task, body = "mlm", body[4:]
+    elif body.startswith("reg:"):
+        task, body = "regression", body[4:]
     kw: dict = {"source": body, "task": task}
     if body == "target-train":
         kw.update(source="target", mlm_text="train")
