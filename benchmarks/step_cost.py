@@ -24,8 +24,17 @@ from tlprune.gates import GateConfig, GateSet, Lagrangian, make_gate_optimizers
 from tlprune.models import load_classifier
 from tlprune.train.loop import set_trainable
 from tlprune.train.prune_phase import GatedModel
+from tlprune.transfer.adapt import backward_adapted
 
 Step = Callable[[], None]
+
+
+class Plain:
+    """What backward_adapted needs of an Accelerator, without one."""
+
+    @staticmethod
+    def backward(loss: torch.Tensor, **kw) -> None:
+        loss.backward(**kw)
 
 
 def batch(vocab: int, size: int, tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -70,9 +79,10 @@ def prune_step(base: str, size: int, tokens: int, freeze: list[str]) -> Step:
     return step
 
 
-def transfer_step(coupling: str) -> Callable[[str, int, int, list[str]], Step]:
+def transfer_step(coupling: str, adapt: bool = False) -> Callable[[str, int, int, list[str]], Step]:
     """A two-branch pruning step: half the batch from the target, half from an auxiliary
-    classification task (same total batch as the single-branch step, DESIGN 2.9)."""
+    classification task (same total batch as the single-branch step, DESIGN 2.9); `adapt`:
+    the gradient-cosine weighting's two backward passes (transfer/adapt.py)."""
 
     def make(base: str, size: int, tokens: int, freeze: list[str]) -> Step:
         from tlprune.transfer.aux import AuxData
@@ -99,6 +109,7 @@ def transfer_step(coupling: str) -> Callable[[str, int, int, list[str]], Step]:
             aux_prune=soft,
             beta=ScheduleConfig(value=1e-3 if soft else 0.0),
             gamma=ScheduleConfig(value=1e-2 if soft else 0.0),
+            adapt="cosine" if adapt else "none",
         )
         branch = build_branch(model, gates, [data], None, tc, gate_cfg, sizes, 0)
         task = branch.tasks[0]
@@ -123,7 +134,10 @@ def transfer_step(coupling: str) -> Callable[[str, int, int, list[str]], Step]:
 
         def step() -> None:
             loss, _ = gm(b, 0.5, None, 10)
-            loss.backward()
+            if adapt:
+                backward_adapted(Plain, loss, branch.task_term, branch.shared_weights())
+            else:
+                loss.backward()
             for opt in (w_opt, g_opt, l_opt):
                 opt.step()
                 opt.zero_grad()
@@ -141,6 +155,7 @@ MODES: dict[str, Callable[[str, int, int, list[str]], Step]] = {
     "prune": prune_step,
     "shared": transfer_step("shared"),
     "soft": transfer_step("soft"),
+    "shared-adapt": transfer_step("shared", adapt=True),
 }
 
 

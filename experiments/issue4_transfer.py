@@ -4,7 +4,8 @@ vader-movies (labelled) or MLM on all the target's training texts (mlm:target-tr
     python experiments/issue4_transfer.py [--jobs 2] [--only REGEX] [--seeds 0 1 2]
 
 Methods: finetune (dense), cofi, stilts, joint, soft, sequential; then joint with the
-auxiliary in the warm fine-tune too (joint+warm). Every pruning method runs the SAME shortened
+auxiliary in the warm fine-tune too (joint+warm) and with gradient-cosine weighting
+(joint+adapt). Every pruning method runs the SAME shortened
 schedule (300 gate steps; sequential's pruning on the auxiliary also 300) so that the grid fits
 CPU time; `prune.round_hidden=1` keeps the cells comparable with the first ones (run before
 the default became 32). Cells are ordered by information: seed 0 of every method first.
@@ -37,10 +38,14 @@ def cells(seeds: list[int], steps: int) -> list[Cell]:
                 extra = [f"transfer.aux_stage.max_steps={steps}"] if method == "sequential" else []
                 args = ["prune", "--preset", method, *common, *pr, *s, "--aux", spec, *extra]
                 out.append(Cell(f"{method}-{aux}-s{seed}", args))
-    for seed in seeds:  # when: the auxiliary in the warm fine-tune too
-        args = ["prune", "--preset", "joint", *common, *pr, "--seed", str(seed)]
-        args += ["--aux", AUX["movies"], "transfer.warm_alpha.value=1"]
-        out.append(Cell(f"joint+warm-movies-s{seed}", args))
+    for seed in seeds:  # when: the auxiliary in the warm fine-tune too; adaptively
+        for variant, extra in (
+            ("warm", ["transfer.warm_alpha.value=1"]),
+            ("adapt", ["transfer.adapt=cosine"]),
+        ):
+            args = ["prune", "--preset", "joint", *common, *pr, "--seed", str(seed)]
+            args += ["--aux", AUX["movies"], *extra]
+            out.append(Cell(f"joint+{variant}-movies-s{seed}", args))
     return out
 
 

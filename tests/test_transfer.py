@@ -179,6 +179,47 @@ def test_soft_with_huge_beta_and_gamma_keeps_groups_equal(tiny_bert_dir):
     assert other > 1e-4  # groups outside W are not tied
 
 
+class _Backward:
+    """Accelerator.backward for tests: plain autograd."""
+
+    @staticmethod
+    def backward(loss, **kw):
+        loss.backward(**kw)
+
+
+@pytest.mark.parametrize(("b", "factor"), [((-1.0, 0.5, 0.0), 0.0), ((1.0, 1.0, 0.0), 0.5**0.5)])
+def test_adapt_scales_the_aux_gradient_by_the_positive_cosine(b, factor):
+    from tlprune.transfer.adapt import backward_adapted
+
+    w, head = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    only_aux = torch.nn.Parameter(torch.zeros(1))  # shared, but this step only A reaches it
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor(b)
+    aux = w @ b + head.sum() + 2 * only_aux.sum()
+    cos = backward_adapted(_Backward, w @ a, aux, [w, only_aux])
+    assert cos == pytest.approx(float(a @ b / (a.norm() * (b.norm() ** 2 + 4) ** 0.5)))
+    assert torch.allclose(w.grad, a + max(0.0, cos) * b)  # g_T + max(0, cos) g_A
+    assert torch.allclose(only_aux.grad, torch.tensor([2 * max(0.0, cos)]))
+    assert (cos > 0) == (factor > 0)
+    assert torch.equal(head.grad, torch.ones(2))  # the auxiliary head keeps its own gradient
+
+
+def test_adapt_runs_in_warm_and_prune_phases_and_logs_the_cosine(
+    tmp_path, tiny_bert_dir, data, aux
+):
+    extra = (
+        "transfer.coupling=shared",
+        f"transfer.aux=[{{source: {aux}}}, {{source: target, task: mlm}}]",
+        "transfer.masks=[all]",
+        "transfer.adapt=cosine",
+        "transfer.warm_alpha.value=1",
+    )
+    run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "a", *extra))
+    rows = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    for phase, n in (("warm", 2), ("prune", 6)):
+        cos = [r["aux/cosine"] for r in rows if r.get("phase") == phase and "aux/cosine" in r]
+        assert len(cos) == n and all(-1.0 <= c <= 1.0 for c in cos) and any(c != 0 for c in cos)
+
+
 # -- what ------------------------------------------------------------------------------------------
 
 
@@ -341,6 +382,7 @@ def test_regression_auxiliary_values_are_checked_and_standardised(tmp_path, data
     ("overrides", "fragment"),
     [
         (["transfer.weights=[attn]"], "unknown weight group"),
+        (["transfer.adapt=sometimes"], "unknown transfer.adapt"),
         (["transfer.masks=[heads]"], "unknown mask group"),
         (
             ["transfer.coupling=soft", "transfer.aux=[{source: x, weight: -1}]"],
@@ -508,6 +550,7 @@ def test_mlm_on_target_texts_never_sees_dev_or_test(data):
             ["transfer.coupling=shared", "transfer.alpha.off_after=ramp", "prune.target_warmup=0"],
             "always off",
         ),
+        (["transfer.coupling=soft", "transfer.adapt=cosine"], "needs coupling shared"),
         (["transfer.coupling=sequential", "transfer.warm_alpha.value=1"], "shared or soft"),
         (["transfer.coupling=shared", "transfer.warm_beta.value=1"], "warm_beta acts only with"),
         (["transfer.coupling=soft", "transfer.warm_beta.value=1"], "set transfer.warm_alpha"),

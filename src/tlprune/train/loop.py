@@ -15,6 +15,7 @@ from tlprune.config import TrainConfig
 from tlprune.errors import TlpruneError
 from tlprune.train.evaluate import evaluate
 from tlprune.train.metrics_log import MetricsLog
+from tlprune.transfer.adapt import backward_adapted
 
 
 @dataclass
@@ -96,16 +97,23 @@ def train_classifier(
                 with accelerator.accumulate(model):
                     loss = task_loss = model(**batch).loss
                     parts: dict[str, Any] = {}
+                    aux_term = None
                     if branch is not None:  # the target's loss is logged alone, parts beside
                         with accelerator.autocast():
                             extra, parts = branch(step, None, accelerator.device)
                         loss = task_loss + extra
-                    if not torch.isfinite(loss):
+                        aux_term, branch.task_term = branch.task_term, None
+                    total = loss if aux_term is None else loss + aux_term.detach()
+                    if not torch.isfinite(total):
                         raise TlpruneError(
-                            f"training loss became {loss.item()} at step {step}: lower train.lr "
+                            f"training loss became {total.item()} at step {step}: lower train.lr "
                             "or check the data for broken labels"
                         )
-                    accelerator.backward(loss)
+                    if aux_term is not None:  # transfer.adapt
+                        cos = backward_adapted(accelerator, loss, aux_term, branch.shared_weights())
+                        parts = {**parts, "aux/cosine": cos}
+                    else:
+                        accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.grad_clip:
                         for group in clip_groups:
                             accelerator.clip_grad_norm_(group, cfg.grad_clip)

@@ -27,6 +27,7 @@ from tlprune.train.evaluate import evaluate
 from tlprune.train.loop import set_trainable, total_steps
 from tlprune.train.metrics_log import MetricsLog
 from tlprune.train.sampler import EpochShuffle
+from tlprune.transfer.adapt import backward_adapted
 
 
 class GatedModel(nn.Module):
@@ -254,12 +255,20 @@ def run_prune_phase(
                         teacher_out = teacher(**inputs, output_hidden_states=True)
                 with accelerator.accumulate(gm):
                     loss, parts = gm(batch, target, teacher_out, progress.step)
-                    if not torch.isfinite(loss):
+                    aux_term = inner.branch.task_term if branch is not None else None
+                    total = loss if aux_term is None else loss + aux_term.detach()
+                    if not torch.isfinite(total):
                         raise TlpruneError(
-                            f"pruning loss became {loss.item()} at step {progress.step}: lower "
+                            f"pruning loss became {total.item()} at step {progress.step}: lower "
                             "prune.prune.lr or prune.gate_lr; the last good checkpoint is kept"
                         )
-                    accelerator.backward(loss)
+                    if aux_term is not None:  # transfer.adapt: scale g_A on the shared weights
+                        shared = inner.branch.shared_weights()
+                        cos = backward_adapted(accelerator, loss, aux_term, shared)
+                        parts["aux/cosine"] = torch.tensor(cos)
+                        inner.branch.task_term = None
+                    else:
+                        accelerator.backward(loss)
                     if accelerator.sync_gradients and phase.grad_clip:
                         for group in clip_groups:
                             accelerator.clip_grad_norm_(group, phase.grad_clip)

@@ -75,6 +75,10 @@ class AuxBranch(nn.Module):
                         self.gates.log_alpha[k].copy_(target_gates.log_alpha[k])
             self.lagrangian = Lagrangian()
         self.alpha = self.beta = self.gamma = None
+        # adapt: the auxiliary tasks' term is left out of forward()'s total and kept here for
+        # a separate backward that scales its gradient on the shared weights (adapt.py)
+        self.adapt = cfg.adapt != "none"
+        self.task_term: torch.Tensor | None = None
         self.aux_target: Callable[[int], float] = lambda step: 0.0
 
     def bind(self, steps: int, ramp_steps: int, aux_target: Callable[[int], float]) -> None:
@@ -126,6 +130,13 @@ class AuxBranch(nn.Module):
         out = [p for p in self.encoder.parameters() if id(p) not in mine]
         return out + list(self.tasks.parameters())
 
+    def shared_weights(self) -> list[nn.Parameter]:
+        """The trainable tensors both branches update (shared coupling's group W)."""
+        if self.coupling != "shared":
+            return []
+        params = dict(self._target_encoder.named_parameters())
+        return [params[n] for n in self.weight_names if params[n].requires_grad]
+
     def clip_groups(self, target: list[nn.Parameter]) -> list[list[nn.Parameter]]:
         """Gradient-clipping groups beside the target's trainable weights: soft has two models,
         each clipped on its own norm (so beta = 0 is two independent runs); shared is one
@@ -158,12 +169,18 @@ class AuxBranch(nn.Module):
         a, b, g = self.alpha(step), self.beta(step), self.gamma(step)
         total = torch.zeros((), device=device)
         parts: dict[str, torch.Tensor] = {}
+        self.task_term = None
         if a > 0:
             z = self.aux_gates(z_target) or None
+            tasks_total = torch.zeros((), device=device)
             for task in self.tasks:
                 loss = task.loss(self.encoder, z, device)
-                total = total + a * task.weight * loss
+                tasks_total = tasks_total + a * task.weight * loss
                 parts[f"aux/{task.name}"] = loss.detach()
+            if self.adapt:  # backpropagated on its own (transfer/adapt.py), not in the total
+                self.task_term = tasks_total
+            else:
+                total = total + tasks_total
         if self.gates is not None and self.lagrangian is not None:  # L_c(z_A), whatever alpha
             s_hat = self.aux_expected_sparsity()
             total = total + self.lagrangian(s_hat, self.aux_target(step))

@@ -11,6 +11,7 @@ from tlprune.errors import ConfigError
 
 COUPLINGS = ("none", "shared", "soft", "sequential")
 SEQUENTIAL_VARIANTS = ("fixed_masks", "reprune")
+ADAPT = ("none", "cosine")
 AUX_TASKS = ("classification", "mlm", "regression")
 MLM_TARGET_TEXTS = ("budget", "train")
 
@@ -120,6 +121,9 @@ class TransferConfig:
     # warm phase's steps; 0 (the default) = T alone there, as in CoFi
     warm_alpha: ScheduleConfig = field(default_factory=ScheduleConfig)
     warm_beta: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # when, adaptively: cosine keeps the auxiliary gradient on the shared weights W scaled by
+    # max(0, cos(g_T, g_A)) each step, i.e. only while it points the target's way (shared)
+    adapt: str = "none"
 
     def __post_init__(self) -> None:
         from tlprune.transfer.groups import check_mask_kinds, parse_weight_groups
@@ -131,6 +135,8 @@ class TransferConfig:
                 f"unknown sequential variant {self.variant!r}; choose from "
                 f"{list(SEQUENTIAL_VARIANTS)}"
             )
+        if self.adapt not in ADAPT:
+            raise ConfigError(f"unknown transfer.adapt {self.adapt!r}; choose from {list(ADAPT)}")
         parse_weight_groups(self.weights, num_layers=None)
         check_mask_kinds(self.masks)
         if not 0.0 <= self.aux_warm < 1.0:
@@ -212,6 +218,11 @@ class TransferConfig:
             raise ConfigError(
                 "transfer.warm_beta acts only when the branch trains in the warm phase: "
                 "set transfer.warm_alpha.value > 0 too"
+            )
+        if self.adapt != "none" and c != "shared":
+            raise ConfigError(
+                "transfer.adapt scales the auxiliary gradient on shared weights: it needs "
+                "coupling shared (e.g. --preset joint)"
             )
         if self.aux_stage.grad_accum != 1:
             raise ConfigError("transfer.aux_stage.grad_accum must be 1 (not supported there)")
