@@ -134,8 +134,10 @@ def transfer_step(coupling: str, adapt: bool = False) -> Callable[[str, int, int
 
         def step() -> None:
             loss, _ = gm(b, 0.5, None, 10)
-            if adapt:
-                backward_adapted(Plain, loss, branch.task_term, branch.shared_weights())
+            aux, branch.task_term = branch.task_term, None
+            if aux is not None:
+                shared, gates_m = branch.shared_weights(), branch.shared_gates()
+                backward_adapted(Plain, loss, aux, shared, gates_m)
             else:
                 loss.backward()
             for opt in (w_opt, g_opt, l_opt):

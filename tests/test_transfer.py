@@ -1,6 +1,7 @@
 """Transfer on tiny models: coupling (how), groups (what), schedules (when), MLM, bad input."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ def test_soft_with_zero_beta_and_gamma_leaves_the_target_as_cofi(
 ):
     """Soft coupling with beta = gamma = 0 trains two independent models: the target's masks and
     weights are exactly cofi's (each branch's gradients are clipped on their own norm)."""
-    clip = ("prune.prune.grad_clip=0.05",)  # small enough to bind every step
+    clip = ("prune.prune.grad_clip=0.05", "prune.warm.grad_clip=0.05")  # binds every step
     cofi = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "cofi", *clip))
     soft = run_prune(
         tiny_cfg(
@@ -92,6 +93,7 @@ def test_soft_with_zero_beta_and_gamma_leaves_the_target_as_cofi(
             "transfer.coupling=soft",
             f"transfer.aux=[{{source: {aux}}}, {{source: target, task: mlm}}]",
             "transfer.aux_prune=true",
+            "transfer.warm_alpha.value=1",  # the warm phase trains both models too
         )
     )
     assert_same_run(cofi, soft)
@@ -187,20 +189,37 @@ class _Backward:
         loss.backward(**kw)
 
 
-@pytest.mark.parametrize(("b", "factor"), [((-1.0, 0.5, 0.0), 0.0), ((1.0, 1.0, 0.0), 0.5**0.5)])
-def test_adapt_scales_the_aux_gradient_by_the_positive_cosine(b, factor):
+@pytest.mark.parametrize("g_a", [(-1.0, 0.5, 0.0), (1.0, 1.0, 0.0)])
+def test_adapt_scales_the_aux_gradient_by_the_positive_cosine(g_a):
     from tlprune.transfer.adapt import backward_adapted
 
     w, head = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
     only_aux = torch.nn.Parameter(torch.zeros(1))  # shared, but this step only A reaches it
-    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor(b)
-    aux = w @ b + head.sum() + 2 * only_aux.sum()
-    cos = backward_adapted(_Backward, w @ a, aux, [w, only_aux])
+    gate = torch.nn.Parameter(torch.zeros(1))  # a shared gate: scaled, not in the cosine
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor(g_a)
+    main = w @ a + gate.sum()
+    aux = w @ b + head.sum() + 2 * only_aux.sum() + 3 * gate.sum()
+    cos = backward_adapted(_Backward, main, aux, [w, only_aux], [gate])
     assert cos == pytest.approx(float(a @ b / (a.norm() * (b.norm() ** 2 + 4) ** 0.5)))
-    assert torch.allclose(w.grad, a + max(0.0, cos) * b)  # g_T + max(0, cos) g_A
-    assert torch.allclose(only_aux.grad, torch.tensor([2 * max(0.0, cos)]))
-    assert (cos > 0) == (factor > 0)
+    f = max(0.0, cos)
+    assert (f > 0) == (g_a[0] > 0)
+    assert torch.allclose(w.grad, a + f * b)  # g_T + max(0, cos) g_A
+    assert torch.allclose(only_aux.grad, torch.tensor([2 * f]))
+    assert torch.allclose(gate.grad, torch.tensor([1 + 3 * f]))
     assert torch.equal(head.grad, torch.ones(2))  # the auxiliary head keeps its own gradient
+
+
+def test_adapt_under_gradient_accumulation_compares_this_micro_batch():
+    """An earlier micro-batch's gradient stays in .grad but not in the cosine."""
+    from tlprune.transfer.adapt import backward_adapted
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    backward_adapted(_Backward, w @ torch.tensor([1.0, 0.0]), w @ torch.tensor([0.0, 1.0]), [w])
+    assert torch.allclose(w.grad, torch.tensor([1.0, 0.0]))  # orthogonal: g_A dropped
+    same = torch.tensor([-1.0, 0.0])
+    cos = backward_adapted(_Backward, w @ same, w @ same, [w])
+    assert cos == pytest.approx(1.0)
+    assert torch.allclose(w.grad, torch.tensor([1.0, 0.0]) + same + same)
 
 
 def test_adapt_runs_in_warm_and_prune_phases_and_logs_the_cosine(
@@ -354,7 +373,9 @@ def test_parse_aux_specs():
         parse_aux("reg:notes.txt")
 
 
-def test_regression_auxiliary_values_are_checked_and_standardised(tmp_path, data, aux):
+def test_regression_auxiliary_values_are_checked_and_standardised(
+    tmp_path, tiny_bert_dir, data, aux
+):
     from tlprune.config import DataConfig
     from tlprune.data.sources import load_task
     from tlprune.data.split import draw_budget
@@ -368,6 +389,22 @@ def test_regression_auxiliary_values_are_checked_and_standardised(tmp_path, data
     assert d.rows.column_names == ["text", "value"] and len(values) > 50
     assert abs(values.mean().item()) < 1e-5 and abs(values.std(unbiased=False).item() - 1) < 1e-4
     assert "regression on 'rating'" in d.notes[0]
+    # a table with no class labels at all, and its loss: one number, no broadcasting
+    plain = tmp_path / "ratings.csv"
+    plain.write_text("text,stars\n" + "\n".join(f"the cable {i},{i % 5}" for i in range(40)))
+    r = load_aux(parse_aux(f"reg[stars]:{plain}"), task, budget, 0)
+    assert r.rows.column_names == ["text", "value"] and r.name == f"reg:{plain}"
+    tc = TransferConfig(coupling="shared", aux=[r.cfg])
+    model = _model(tiny_bert_dir)
+    branch = build_branch(model, None, [r], tiny_tokenizer(), tc, None, unit_sizes(model.config), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = branch.tasks[0].loss(branch.encoder, None, torch.device("cpu"))
+    assert loss.shape == () and torch.isfinite(loss)
+    empty = tmp_path / "gaps.csv"
+    empty.write_text("text,rating\n" + "\n".join(f"the cable {i},{i or ''}" for i in range(40)))
+    with pytest.raises(DataError, match="empty values"):
+        load_aux(parse_aux(f"reg:{empty}"), task, budget, 0)
     with pytest.raises(DataError, match="value column 'stars' not found"):
         load_aux(
             AuxConfig(source=str(aux), task="regression", value_column="stars"), task, budget, 0

@@ -38,19 +38,20 @@ class TaskData:
         return len(self.label_names)
 
 
-def load_task(cfg: DataConfig, keep: tuple[str, ...] = ()) -> TaskData:
-    """Resolve `cfg.target` (name, file, folder or hub id) and normalise its columns; `keep`
-    names extra columns to carry along unchanged (a regression auxiliary's values)."""
+def load_task(cfg: DataConfig, values: str | None = None) -> TaskData:
+    """Resolve `cfg.target` (name, file, folder or hub id) and normalise its columns.
+    `values`: a regression source, whose numeric column of that name is kept in the train
+    split instead of class labels (a regression auxiliary; no label column needed)."""
     target = cfg.target
     path = Path(target).expanduser()
     if target in bundled.REGISTRY:
-        return _check_kept(_load_bundled(cfg), keep, target)
+        return _check_values(_load_bundled(cfg), values, target)
     if path.suffix.lower() in FILE_SUFFIXES or path.is_file():
-        return _load_files(cfg, path, keep)
+        return _load_files(cfg, path, values)
     if path.is_dir():
-        return _load_saved(cfg, path, keep)
+        return _load_saved(cfg, path, values)
     if "/" in target and not target.startswith((".", "/", "~")):
-        return _load_hub(cfg, keep)
+        return _load_hub(cfg, values)
     raise DataError(
         f"unknown dataset {target!r}: use one of {sorted(bundled.REGISTRY)}, a CSV/TSV/JSONL "
         "file, a `datasets` folder, or a hub id owner/name"
@@ -94,18 +95,18 @@ def _read_table(path: Path):
     return datasets.Dataset.from_pandas(frame, preserve_index=False)
 
 
-def _load_files(cfg: DataConfig, path: Path, keep: tuple[str, ...]) -> TaskData:
+def _load_files(cfg: DataConfig, path: Path, values: str | None) -> TaskData:
     train = _read_table(path)
     if cfg.test_file:
         test = _read_table(Path(cfg.test_file).expanduser())
         notes = [f"test split from {cfg.test_file}"]
     else:
-        train, test = _split_off_test(train, cfg)
+        train, test = _split_off_test(train, cfg, values is None)
         notes = [f"test split: seeded stratified {cfg.test_fraction:.0%} of {path.name}"]
-    return _normalise(cfg, str(path), train, test, f"file {path}", notes, keep)
+    return _normalise(cfg, str(path), train, test, f"file {path}", notes, values)
 
 
-def _load_saved(cfg: DataConfig, path: Path, keep: tuple[str, ...]) -> TaskData:
+def _load_saved(cfg: DataConfig, path: Path, values: str | None) -> TaskData:
     import datasets
 
     try:
@@ -115,10 +116,10 @@ def _load_saved(cfg: DataConfig, path: Path, keep: tuple[str, ...]) -> TaskData:
             f"{path} is not a `datasets.save_to_disk` folder ({exc.__class__.__name__}); "
             "give a CSV/TSV/JSONL file or a saved dataset"
         ) from None
-    return _from_dataset_obj(cfg, obj, f"datasets folder {path}", keep)
+    return _from_dataset_obj(cfg, obj, f"datasets folder {path}", values)
 
 
-def _load_hub(cfg: DataConfig, keep: tuple[str, ...]) -> TaskData:
+def _load_hub(cfg: DataConfig, values: str | None) -> TaskData:
     import datasets
 
     try:
@@ -128,17 +129,17 @@ def _load_hub(cfg: DataConfig, keep: tuple[str, ...]) -> TaskData:
             f"cannot load hub dataset {cfg.target!r} ({exc.__class__.__name__}); without hub "
             "access, save it with `save_to_disk` elsewhere and pass the folder"
         ) from None
-    return _from_dataset_obj(cfg, obj, f"hub dataset {cfg.target}", keep)
+    return _from_dataset_obj(cfg, obj, f"hub dataset {cfg.target}", values)
 
 
 def _from_dataset_obj(
-    cfg: DataConfig, obj: Any, source: str, keep: tuple[str, ...] = ()
+    cfg: DataConfig, obj: Any, source: str, values: str | None = None
 ) -> TaskData:
     import datasets
 
     notes: list[str] = []
     if isinstance(obj, datasets.Dataset):
-        train, test = _split_off_test(obj, cfg)
+        train, test = _split_off_test(obj, cfg, values is None)
         notes.append(f"test split: seeded stratified {cfg.test_fraction:.0%} of the dataset")
     else:
         if "train" not in obj:
@@ -146,22 +147,21 @@ def _from_dataset_obj(
         train = obj["train"]
         test_name = "test" if "test" in obj else "validation" if "validation" in obj else None
         if test_name is None:
-            train, test = _split_off_test(train, cfg)
+            train, test = _split_off_test(train, cfg, values is None)
             notes.append(f"test split: seeded stratified {cfg.test_fraction:.0%} of train")
         else:
             test = obj[test_name]
             notes.append(f"test split: the dataset's '{test_name}' split")
-    return _normalise(cfg, cfg.target, train, test, source, notes, keep)
+    return _normalise(cfg, cfg.target, train, test, source, notes, values)
 
 
-def _check_kept(task: TaskData, keep: tuple[str, ...], source: str) -> TaskData:
-    for column in keep:
-        if column not in task.train.column_names:
-            _missing_kept(column, task.train.column_names, source)
+def _check_values(task: TaskData, values: str | None, source: str) -> TaskData:
+    if values is not None and values not in task.train.column_names:
+        _missing_values(values, task.train.column_names, source)
     return task
 
 
-def _missing_kept(column: str, available: list[str], source: str) -> None:
+def _missing_values(column: str, available: list[str], source: str) -> None:
     raise DataError(
         f"value column {column!r} not found in the train split of {source} (columns: "
         f"{available}); set the auxiliary's value_column to a numeric column"
@@ -172,10 +172,14 @@ def _labels_of(ds: Any, column: str) -> list[Any]:
     return list(ds[column])
 
 
-def _split_off_test(ds: Any, cfg: DataConfig):
-    if cfg.label_column not in ds.column_names:
+def _split_off_test(ds: Any, cfg: DataConfig, stratify: bool = True):
+    """A seeded test split: stratified by label, or (regression sources) uniform."""
+    if not stratify:
+        labels = ["all"] * len(ds)
+    elif cfg.label_column not in ds.column_names:
         _missing(cfg.label_column, "label", ds.column_names, "label_column")
-    labels = [str(v) for v in _labels_of(ds, cfg.label_column)]
+    else:
+        labels = [str(v) for v in _labels_of(ds, cfg.label_column)]
     if len(labels) < 2:
         raise DataError("the dataset has fewer than 2 rows: cannot split off a test set")
     ids = {v: i for i, v in enumerate(sorted(set(labels)))}
@@ -192,16 +196,23 @@ def _missing(column: str, role: str, available: list[str], key: str, where: str 
 
 
 def _normalise(
-    cfg: DataConfig, name: str, train, test, source: str, notes: list[str], keep=()
+    cfg: DataConfig,
+    name: str,
+    train,
+    test,
+    source: str,
+    notes: list[str],
+    values: str | None = None,
 ) -> TaskData:
     import datasets
 
-    wanted = [("text_column", cfg.text_column, "text"), ("label_column", cfg.label_column, "label")]
+    wanted = [("text_column", cfg.text_column, "text")]
+    if values is None:
+        wanted.append(("label_column", cfg.label_column, "label"))
+    elif values not in train.column_names:
+        _missing_values(values, train.column_names, source)
     if cfg.text_pair_column:
         wanted.append(("text_pair_column", cfg.text_pair_column, "text pair"))
-    for column in keep:
-        if column not in train.column_names:
-            _missing_kept(column, train.column_names, source)
     for split_name, ds in (("train", train), ("test", test)):
         if len(ds) == 0:
             raise DataError(f"the {split_name} split of {source} is empty")
@@ -209,8 +220,10 @@ def _normalise(
             if column not in ds.column_names:
                 _missing(column, role, ds.column_names, key, f" in the {split_name} split")
 
-    feature = train.features[cfg.label_column]
-    if isinstance(feature, datasets.ClassLabel):
+    feature = train.features[cfg.label_column] if values is None else None
+    if values is not None:  # regression: no classes; the values travel in the train split
+        label_names, train_y, test_y = [], [0] * len(train), [0] * len(test)
+    elif isinstance(feature, datasets.ClassLabel):
         label_names = list(feature.names)
         train_y = list(train[cfg.label_column])
         test_y = list(test[cfg.label_column])
@@ -229,7 +242,7 @@ def _normalise(
         index = {v: i for i, v in enumerate(label_names)}
         train_y = [index[v] for v in raw_train]
         test_y = [index[v] for v in raw_test]
-    if len(label_names) < 2:
+    if len(label_names) < 2 and values is None:
         raise DataError(f"{source} has a single label {label_names}: classification needs two")
 
     def clean(ds, ys, split_name):
@@ -237,8 +250,8 @@ def _normalise(
         if cfg.text_pair_column:
             cols["text_pair"] = [_text(v, split_name, source) for v in ds[cfg.text_pair_column]]
         cols["label"] = ys
-        for column in keep if split_name == "train" else ():  # only the train split is used
-            cols[column] = list(ds[column])
+        if values is not None and split_name == "train":  # only the train split is used
+            cols[values] = list(ds[values])
         return datasets.Dataset.from_dict(cols)
 
     return TaskData(

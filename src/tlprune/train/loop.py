@@ -109,11 +109,14 @@ def train_classifier(
                             f"training loss became {total.item()} at step {step}: lower train.lr "
                             "or check the data for broken labels"
                         )
-                    if aux_term is not None:  # transfer.adapt
-                        cos = backward_adapted(accelerator, loss, aux_term, branch.shared_weights())
+                    if aux_term is not None:  # transfer.adapt; dense: the graphs share leaves only
+                        shared = branch.shared_weights()
+                        cos = backward_adapted(accelerator, loss, aux_term, shared, retain=False)
                         parts = {**parts, "aux/cosine": cos}
                     else:
                         accelerator.backward(loss)
+                    task_loss = task_loss.detach()
+                    del loss, total, aux_term
                     if accelerator.sync_gradients and cfg.grad_clip:
                         for group in clip_groups:
                             accelerator.clip_grad_norm_(group, cfg.grad_clip)

@@ -197,7 +197,7 @@ def run_prune(
     from tlprune.train.aux_stage import run_aux_stage
     from tlprune.train.distill import Distiller
     from tlprune.train.prune_phase import PrunePhaseResult, run_prune_phase
-    from tlprune.transfer.aux import load_aux
+    from tlprune.transfer.aux import load_aux, unique_names
     from tlprune.transfer.branch import build_branch
     from tlprune.transfer.groups import copy_log_alphas, copy_weights
 
@@ -214,6 +214,8 @@ def run_prune(
         task.train["label"], cfg.data.budget, cfg.seed, cfg.data.dev_fraction, task.num_labels
     )
     aux_data = [load_aux(a, task, budget, cfg.seed) for a in cfg.transfer.aux]
+    for d, name in zip(aux_data, unique_names([d.name for d in aux_data]), strict=True):
+        d.name = name  # the report's names are the logs' names
     tokenizer = load_tokenizer(cfg.model.name)
     if any(d.cfg.task == "mlm" for d in aux_data) and tokenizer.mask_token_id is None:
         raise TlpruneError(

@@ -255,20 +255,24 @@ def run_prune_phase(
                         teacher_out = teacher(**inputs, output_hidden_states=True)
                 with accelerator.accumulate(gm):
                     loss, parts = gm(batch, target, teacher_out, progress.step)
-                    aux_term = inner.branch.task_term if branch is not None else None
+                    aux_term = None
+                    if branch is not None:  # transfer.adapt: the aux term comes apart
+                        aux_term, inner.branch.task_term = inner.branch.task_term, None
                     total = loss if aux_term is None else loss + aux_term.detach()
                     if not torch.isfinite(total):
                         raise TlpruneError(
                             f"pruning loss became {total.item()} at step {progress.step}: lower "
                             "prune.prune.lr or prune.gate_lr; the last good checkpoint is kept"
                         )
-                    if aux_term is not None:  # transfer.adapt: scale g_A on the shared weights
-                        shared = inner.branch.shared_weights()
-                        cos = backward_adapted(accelerator, loss, aux_term, shared)
+                    if aux_term is not None:  # scale g_A on the shared weights and gates
+                        b = inner.branch
+                        cos = backward_adapted(
+                            accelerator, loss, aux_term, b.shared_weights(), b.shared_gates()
+                        )
                         parts["aux/cosine"] = torch.tensor(cos)
-                        inner.branch.task_term = None
                     else:
                         accelerator.backward(loss)
+                    del loss, total, aux_term  # a retained graph must not outlive the step
                     if accelerator.sync_gradients and phase.grad_clip:
                         for group in clip_groups:
                             accelerator.clip_grad_norm_(group, phase.grad_clip)

@@ -76,8 +76,7 @@ def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
             budget=None,
             max_length=cfg.max_length,
         )
-        keep = (cfg.value_column,) if cfg.task == "regression" else ()
-        aux = load_task(data, keep=keep)
+        aux = load_task(data, values=cfg.value_column if cfg.task == "regression" else None)
         if _same_source(aux, target):
             raise ConfigError(
                 f"auxiliary {cfg.source!r} is the target itself: its labels would exceed the "
@@ -87,12 +86,7 @@ def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
         if cfg.task == "mlm":
             rows, labels = rows.select_columns(["text"]), []
         if cfg.task == "regression":
-            rows, mean, std = _standardised(rows, cfg.value_column, cfg.source)
-            labels = []
-            notes.append(
-                f"regression on {cfg.value_column!r} (mean {mean:.3g}, std {std:.3g}), "
-                "standardised for an MSE loss"
-            )
+            rows = rows.select_columns(["text", cfg.value_column])
     if cfg.max_length is not None:
         max_length = cfg.max_length
     if len(rows) == 0:
@@ -104,17 +98,40 @@ def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
     if cfg.max_examples is not None and cfg.max_examples < len(rows):
         rows = rows.shuffle(seed=seed).select(range(cfg.max_examples))
         notes.append(f"capped at {cfg.max_examples} examples (seeded draw)")
+    if cfg.task == "regression":  # on the rows that are used, after the drops and the cap
+        rows, mean, std = _standardised(rows, cfg.value_column, cfg.source)
+        notes.append(
+            f"regression on {cfg.value_column!r} (mean {mean:.3g}, std {std:.3g}), "
+            "standardised for an MSE loss"
+        )
     if cfg.task != "classification":  # logs and reports tell "vader-movies" tasks apart
         name = f"{'mlm' if cfg.task == 'mlm' else 'reg'}:{name}"
     return AuxData(name, cfg, rows, labels, max_length, notes)
+
+
+# keys the branch logs beside the tasks' losses (aux/NAME): no task may be called so
+RESERVED = ("cosine", "expected_sparsity", "weight_distance", "mask_distance")
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """The same names, with `#k` added where a name repeats or is reserved (logs, reports)."""
+    out: list[str] = []
+    for k, name in enumerate(names):
+        out.append(f"{name}#{k}" if name in out or name in RESERVED else name)
+    return out
 
 
 def _standardised(rows: Any, column: str, source: str) -> tuple[Any, float, float]:
     """Rows {text, value} with the numeric `column` as z-scores, and its mean and std."""
     import datasets
 
+    raw = list(rows[column])
+    if any(v is None or (isinstance(v, str) and not v.strip()) for v in raw):
+        raise DataError(
+            f"value column {column!r} of {source!r} has empty values: fill or drop those rows"
+        )
     try:
-        values = np.array([float(v) for v in rows[column]], dtype=np.float64)
+        values = np.array([float(v) for v in raw], dtype=np.float64)
     except (TypeError, ValueError):
         raise DataError(
             f"value column {column!r} of {source!r} is not numeric: regression auxiliaries need "

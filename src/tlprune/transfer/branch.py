@@ -137,6 +137,12 @@ class AuxBranch(nn.Module):
         params = dict(self._target_encoder.named_parameters())
         return [params[n] for n in self.weight_names if params[n].requires_grad]
 
+    def shared_gates(self) -> list[nn.Parameter]:
+        """The target's log-alphas that both branches sample from (shared coupling's M)."""
+        if self._target_gates is None:
+            return []
+        return [self._target_gates.log_alpha[k] for k in self.shared_kinds]
+
     def clip_groups(self, target: list[nn.Parameter]) -> list[list[nn.Parameter]]:
         """Gradient-clipping groups beside the target's trainable weights: soft has two models,
         each clipped on its own norm (so beta = 0 is two independent runs); shared is one
@@ -233,16 +239,13 @@ def build_branch(
 ) -> AuxBranch:
     """Heads for every auxiliary and the branch beside classifier `model`, built under a forked
     RNG so that the target's run draws the same random numbers as without it."""
-    from tlprune.transfer.aux import build_aux_task
+    from tlprune.transfer.aux import build_aux_task, unique_names
 
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed + 104_729)  # the CPU one only: it is forked
         tasks = [
             build_aux_task(d, model, tokenizer, seed + 1_000 + k) for k, d in enumerate(aux_data)
         ]
-    seen: set[str] = set()
-    for k, task in enumerate(tasks):  # one name per task in logs (the same source twice)
-        if task.name in seen:
-            task.name = f"{task.name}#{k}"
-        seen.add(task.name)
+    for task, name in zip(tasks, unique_names([t.name for t in tasks]), strict=True):
+        task.name = name  # one log key per task (the same source twice)
     return AuxBranch(model.tlprune, target_gates, tasks, cfg, gate_cfg, sizes, seed)

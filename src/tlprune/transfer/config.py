@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,10 +220,10 @@ class TransferConfig:
                 "transfer.warm_beta acts only when the branch trains in the warm phase: "
                 "set transfer.warm_alpha.value > 0 too"
             )
-        if self.adapt != "none" and c != "shared":
+        if self.adapt != "none" and (c != "shared" or not self.weights):
             raise ConfigError(
                 "transfer.adapt scales the auxiliary gradient on shared weights: it needs "
-                "coupling shared (e.g. --preset joint)"
+                "coupling shared (e.g. --preset joint) and weight groups in transfer.weights"
             )
         if self.aux_stage.grad_accum != 1:
             raise ConfigError("transfer.aux_stage.grad_accum must be 1 (not supported there)")
@@ -231,14 +232,16 @@ class TransferConfig:
 def parse_aux(spec: str) -> AuxConfig:
     """`[mlm:|reg:]SOURCE[@WEIGHT]` from the command line: `vader-movies`, `mlm:target` (the
     budget's texts), `mlm:target-train` (all target training texts), `mlm:notes.txt@0.5`,
-    `reg:vader-movies` (regression on its `rating` column)."""
+    `reg:vader-movies` (regression on its `rating` column), `reg[stars]:reviews.csv`."""
     body, _, weight = spec.partition("@")
-    task = "classification"
+    task, kw = "classification", {}
     if body.startswith("mlm:"):
         task, body = "mlm", body[4:]
-    elif body.startswith("reg:"):
-        task, body = "regression", body[4:]
-    kw: dict = {"source": body, "task": task}
+    elif reg := re.fullmatch(r"reg(?:\[([^\]]+)\])?:(.+)", body):
+        task, body = "regression", reg[2]
+        if reg[1]:
+            kw["value_column"] = reg[1]
+    kw.update(source=body, task=task)
     if body == "target-train":
         kw.update(source="target", mlm_text="train")
     if weight:
