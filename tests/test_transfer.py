@@ -232,7 +232,9 @@ def test_adapt_runs_in_warm_and_prune_phases_and_logs_the_cosine(
         "transfer.adapt=cosine",
         "transfer.warm_alpha.value=1",
     )
-    run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "a", *extra))
+    result = run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "a", *extra))
+    assert result.report["transfer"]["adapt"] == "cosine"
+    assert "adapted by gradient cosine" in (tmp_path / "a" / "README.md").read_text()
     rows = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     for phase, n in (("warm", 2), ("prune", 6)):
         cos = [r["aux/cosine"] for r in rows if r.get("phase") == phase and "aux/cosine" in r]

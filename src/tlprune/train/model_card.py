@@ -68,4 +68,6 @@ def _transfer(t: dict) -> str:
     aux = ", ".join(f"{a['name']} ({a['task']}, weight {a['weight']})" for a in t.get("aux", []))
     variant = f" ({t['variant']})" if t.get("variant") else ""
     when = " (warm and prune phases)" if t.get("in_warm") else ""
+    if t.get("adapt", "none") != "none":
+        when += f", alpha adapted by gradient {t['adapt']}"
     return f"{t['coupling']}{variant}{when}: {aux}"

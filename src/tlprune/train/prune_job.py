@@ -448,6 +448,7 @@ def run_prune(
             ],
             "aux_stage_steps": stage.steps if stage is not None else 0,
             "in_warm": tc.in_warm,
+            "adapt": tc.adapt,
         },
         "processes": accelerator.num_processes,
         "smoke": cfg.smoke,
