@@ -502,12 +502,12 @@ def test_transfer_presets_run_end_to_end(tmp_path, tiny_bert_dir, data, aux, pre
     tasks = [a["task"] for a in report["transfer"]["aux"]]
     assert tasks == ["classification", "mlm", "regression"]
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    phase = "aux" if preset in ("stilts", "sequential") else "prune"
+    phase = "aux" if report["transfer"]["coupling"] == "sequential" else "prune"
     losses = {k for r in rows if r.get("phase") == phase for k in r if k.startswith("aux/")}
     losses -= {"aux/expected_sparsity", "aux/weight_distance", "aux/mask_distance"}
     assert losses == {f"aux/{aux}", "aux/mlm:target-texts", f"aux/reg:{aux}"}, losses
     assert report["transfer"]["aux"][1]["weight"] == 0.5
-    if preset in ("stilts", "sequential"):
+    if report["transfer"]["coupling"] == "sequential":  # stilts, sequential, transfer
         assert report["transfer"]["aux_stage_steps"] == 4  # smoke
     if preset == "sequential":
         assert report["steps"]["prune"] == 0  # A's masks, fixed; T fine-tunes the small model
