@@ -511,6 +511,8 @@ def test_transfer_presets_run_end_to_end(tmp_path, tiny_bert_dir, data, aux, pre
         assert report["transfer"]["aux_stage_steps"] == 4  # smoke
     if preset == "sequential":
         assert report["steps"]["prune"] == 0  # A's masks, fixed; T fine-tunes the small model
+        # a few smoke steps leave A's constraint far from the target: the report says so
+        assert any("transfer.aux_stage steps" in w for w in report["warnings"]), report["warnings"]
 
 
 def test_reprune_starts_from_the_auxiliary_log_alphas(tmp_path, tiny_bert_dir, data, aux):

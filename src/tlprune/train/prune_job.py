@@ -196,7 +196,11 @@ def run_prune(
     from tlprune.surgery import param_report, prune_model
     from tlprune.train.aux_stage import run_aux_stage
     from tlprune.train.distill import Distiller
-    from tlprune.train.prune_phase import PrunePhaseResult, run_prune_phase
+    from tlprune.train.prune_phase import (
+        PrunePhaseResult,
+        convergence_warnings,
+        run_prune_phase,
+    )
     from tlprune.transfer.aux import load_aux, unique_names
     from tlprune.transfer.branch import build_branch
     from tlprune.transfer.groups import copy_log_alphas, copy_weights
@@ -339,7 +343,10 @@ def run_prune(
             expected_sparsity=stage.expected_sparsity,
             target=tc.aux_sparsity or cfg.prune.sparsity,
             seconds=0.0,
-            warnings=[],
+            # A's masks are the model's: say when A's constraint had not converged
+            warnings=convergence_warnings(
+                stage.expected_sparsity, cfg.prune.sparsity, "transfer.aux_stage steps"
+            ),
         )
     else:
         gates = GateSet(gate_cfg, sizes, seed=cfg.seed)
