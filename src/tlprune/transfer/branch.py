@@ -99,19 +99,15 @@ class AuxBranch(nn.Module):
         """What a later phase's branch takes over: the heads (with their stream positions unless
         `streams` is False) and the encoder weights this branch owns (soft: A's copy); never
         the target's shared tensors."""
-        mine = {id(p) for p in self._target_encoder.parameters()}
         state = {f"tasks.{k}": v for k, v in self.tasks.state_dict().items()}
         if not streams:
             state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
-        for name, p in self.encoder.named_parameters():
-            if id(p) not in mine:
-                state[f"encoder.{name}"] = p
+        state.update({f"encoder.{n}": p for n, p in self._own_encoder_params()})
         return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
 
     def load_carried(self, state: dict[str, torch.Tensor]) -> None:
         """Load what carried_state() gave (all of it, or all but the stream positions)."""
-        mine = {id(p) for p in self._target_encoder.parameters()}
-        own = {f"encoder.{n}" for n, p in self.encoder.named_parameters() if id(p) not in mine}
+        own = {f"encoder.{n}" for n, _ in self._own_encoder_params()}
         heads = {f"tasks.{k}" for k in self.tasks.state_dict()}
         streams = {k for k in heads if k.endswith("_extra_state")}
         if set(state) not in (own | heads, own | heads - streams):
@@ -126,9 +122,12 @@ class AuxBranch(nn.Module):
     # -- parameters by optimizer ----------------------------------------------------------------
     def weight_params(self) -> list[nn.Parameter]:
         """Trainable weights of this branch that the target does not already own."""
+        return [p for _, p in self._own_encoder_params()] + list(self.tasks.parameters())
+
+    def _own_encoder_params(self) -> list[tuple[str, nn.Parameter]]:
+        """This branch's encoder parameters that are not the target's (tied) tensors."""
         mine = {id(p) for p in self._target_encoder.parameters()}
-        out = [p for p in self.encoder.parameters() if id(p) not in mine]
-        return out + list(self.tasks.parameters())
+        return [(n, p) for n, p in self.encoder.named_parameters() if id(p) not in mine]
 
     def shared_weights(self) -> list[nn.Parameter]:
         """The trainable tensors both branches update (shared coupling's group W)."""
