@@ -90,6 +90,10 @@ def prune(
         if resume:
             raise ConfigError("--resume applies to pruning runs; rerun the short finetune instead")
         return run_finetune(cfg)
+    if cfg.prune.method == "fisher":
+        from tlprune.train.fisher_job import run_fisher
+
+        return run_fisher(cfg, resume=resume)
     return run_prune(cfg, resume=resume)
 
 

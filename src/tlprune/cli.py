@@ -158,7 +158,27 @@ SparsityOpt = Annotated[
     float | None, typer.Option("--sparsity", help="Fraction of encoder params to remove.")
 ]
 PresetOpt = Annotated[
-    str | None, typer.Option("--preset", help="finetune | cofi | cofi-distill (configs/presets).")
+    str | None,
+    typer.Option(
+        "--preset",
+        help="A preset of configs/presets: finetune, cofi, fisher, stilts, transfer, ...",
+    ),
+]
+TeacherOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--teacher",
+        help="A dense model fine-tuned on this task: the distillation teacher (cofi-distill) "
+        "or the model the fisher presets prune. Default: fine-tuned on the budget first.",
+    ),
+]
+UnlabelledOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--unlabelled",
+        help="Unlabelled texts (repeatable): target-train (the target's training texts without "
+        "labels), a .txt file (one per line), or a dataset's texts. Never dev or test texts.",
+    ),
 ]
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")
@@ -179,6 +199,8 @@ def prune(
     smoke: SmokeOpt = False,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
+    teacher: TeacherOpt = None,
+    unlabelled: UnlabelledOpt = None,
     overrides: Overrides = None,
 ) -> None:
     """Prune a model to a parameter budget on the target's data budget; save the small model."""
@@ -197,6 +219,10 @@ def prune(
         from tlprune.transfer.config import parse_aux
 
         flags["transfer"] = {"aux": [asdict(parse_aux(a)) for a in aux]}
+    if teacher is not None:
+        flags["distill"] = {"teacher": str(teacher)}
+    if unlabelled:
+        flags.setdefault("data", {})["unlabelled"] = list(unlabelled)
     cfg = build_config(RunConfig, config, flags, overrides, base=preset_dict(name))
     result = run(config=cfg, resume=resume)
     from accelerate import PartialState

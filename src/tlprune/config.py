@@ -47,6 +47,9 @@ class DataConfig:
     dev_fraction: float = 0.2
     max_length: int | None = None  # None = the dataset's default (64 sentiment, 256 bbc-news)
     split_seed: int = 0  # seed of the fixed train/test split of a file target
+    # unlabelled texts beside the budget: `target-train` (the target's training texts without
+    # labels; never dev or test texts), a .txt file (one text per line), or any dataset's texts
+    unlabelled: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.budget is not None and self.budget <= 0:
@@ -100,6 +103,7 @@ class TrainConfig:
 
 
 GATE_KINDS = ("head", "mha", "ffn_unit", "ffn", "hidden")
+PRUNE_METHODS = ("gates", "fisher")
 
 
 def _warm() -> TrainConfig:
@@ -138,6 +142,7 @@ class PruneConfig:
     # widths run at about half speed (benchmarks/round_hidden.py); FFN units fill the budget as
     # usual. 1 = off (the issue-4 study ran with 1).
     round_hidden: int = 32
+    method: str = "gates"  # gates (hard-concrete, CoFi-class) | fisher (retraining-free)
     warm: TrainConfig = field(default_factory=_warm)  # dense fine-tune before gates
     prune: TrainConfig = field(default_factory=_prune_phase)  # gates + weights
     final: TrainConfig = field(default_factory=_final)  # the small model, after surgery
@@ -160,6 +165,10 @@ class PruneConfig:
         if len(lo_hi) != 2 or not lo_hi[0] < self.init_log_alpha < lo_hi[1]:
             raise ConfigError(
                 f"prune.log_alpha_clamp must be [low, high] around init_log_alpha, got {lo_hi}"
+            )
+        if self.method not in PRUNE_METHODS:
+            raise ConfigError(
+                f"prune.method must be one of {list(PRUNE_METHODS)}, got {self.method!r}"
             )
         if self.round_hidden < 1:
             raise ConfigError(f"prune.round_hidden must be >= 1, got {self.round_hidden}")
@@ -185,6 +194,26 @@ class DistillConfig:
             raise ConfigError("distill weights must be >= 0")
 
 
+@dataclass
+class FisherConfig:
+    """Retraining-free masks (prune.method: fisher): Fisher scores of head and FFN-unit masks
+    of the dense fine-tuned model, mask search, rearrangement and least-squares mask tuning."""
+
+    examples: int = 2048  # texts scored (the budget's training texts first, then unlabelled)
+    rearrange: bool = True  # swap units within a layer by the off-diagonal Fisher
+    tune: bool = True  # layer-wise least-squares mask tuning
+    tune_examples: int = 512  # texts the tuning reconstructs (a subset of the scored ones)
+    damping: float = 1e-3  # ridge towards the binary mask, relative to the Gram diagonal
+    final: bool = False  # fine-tune the small model afterwards (prune.final)
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.examples < 1 or self.tune_examples < 1 or self.batch_size < 1:
+            raise ConfigError("fisher.examples, tune_examples and batch_size must be >= 1")
+        if self.damping < 0:
+            raise ConfigError(f"fisher.damping must be >= 0, got {self.damping}")
+
+
 # The transfer settings live in their own module (one concept per file); they need TrainConfig.
 from tlprune.transfer.config import TransferConfig  # noqa: E402
 
@@ -200,6 +229,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    fisher: FisherConfig = field(default_factory=FisherConfig)
     seed: int = 0
     out: str | None = None
     overwrite: bool = False  # replace an existing output directory

@@ -58,10 +58,19 @@ def print_prune_report(report: dict, out_dir: Path | None) -> None:
     ):
         table.add_row(label, f"{p['dense'][key]:,}", f"{p['pruned'][key]:,}")
     console.print(table)
+    expected = sp.get("expected_at_end")
     console.print(
-        f"sparsity: target {sp['target']:.3f}, achieved {sp['achieved']:.4f}, expected at end "
-        f"of pruning {sp['expected_at_end']:.3f}"
+        f"sparsity: target {sp['target']:.3f}, achieved {sp['achieved']:.4f}"
+        + (f", expected at end of pruning {expected:.3f}" if expected is not None else "")
     )
+    if report.get("teacher"):
+        t = report["teacher"]
+        console.print(
+            f"dense model: {t['dir']}; dev accuracy {t['dev']['accuracy']:.2%}, "
+            f"test accuracy {t['test']['accuracy']:.2%}"
+        )
+    for u in report.get("unlabelled", []):
+        console.print(f"unlabelled texts: {u['name']} ({u['texts']:,})")
     dev, test = report["dev"]["final"], report["test"]
     console.print(
         f"dev (final) accuracy {dev['accuracy']:.2%} loss {dev['loss']:.4f}; "

@@ -210,6 +210,11 @@ def run_prune(
         cfg = smoke_config(cfg)
     out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
     check_phases(cfg)
+    if cfg.data.unlabelled:
+        raise TlpruneError(
+            "--unlabelled (data.unlabelled) is read by the fisher presets only: leave it out "
+            "here, or give unlabelled text to a transfer preset as --aux mlm:SOURCE"
+        )
     cfg.transfer.check_ready(cfg.prune)
     check_architecture(cfg.model.name)
     work = check_workdir(cfg, out, resume)

@@ -1,0 +1,179 @@
+"""Retraining-free masks from the Fisher information of mask variables (Kwon et al. 2022).
+
+Each head and FFN unit gets a mask variable m = 1. The gradient of one example's loss with
+respect to m, g, is collected for every example (exactly, in one backward per batch: the masks
+carry a batch dimension, so the summed loss's gradient at m[b] is example b's own). The
+empirical Fisher I = sum_i g_i g_i^T says how much the loss grows when units are removed:
+removing the set Z costs about 1/2 * 1_Z^T I 1_Z. The mask search minimises the diagonal part
+of that cost under the parameter budget; the rearrangement then moves units within a layer
+where the layer's off-diagonal Fisher says it pays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tlprune.gates.size import UnitSizes
+
+
+@dataclass
+class MaskGrads:
+    """Per-example gradients of the loss w.r.t. head masks [N, L, H] and FFN-unit masks
+    [N, L, f]."""
+
+    head: Tensor
+    ffn_unit: Tensor
+
+    @property
+    def examples(self) -> int:
+        return self.head.shape[0]
+
+    def diagonal(self) -> dict[str, Tensor]:
+        """The diagonal of the empirical Fisher, in gate shapes."""
+        return {"head": (self.head**2).sum(0), "ffn_unit": (self.ffn_unit**2).sum(0)}
+
+
+def _mask_hooks(model, masks: dict[str, list[Tensor]]):
+    """Forward-pre hooks that scale each example's head contexts and FFN activations by its
+    own mask row (the input of the attention output projection and of W2)."""
+    dh = model.config.head_size
+    handles = []
+    for i, layer in enumerate(model.tlprune.encoder.layers):
+
+        def scale_heads(_module, args, i=i):
+            m = masks["head"][i].repeat_interleave(dh, dim=1)  # [B, H * dh]
+            return (args[0] * m[:, None, :].to(args[0].dtype),)
+
+        def scale_units(_module, args, i=i):
+            return (args[0] * masks["ffn_unit"][i][:, None, :].to(args[0].dtype),)
+
+        handles.append(layer.attention.output.register_forward_pre_hook(scale_heads))
+        handles.append(layer.ffn.output.register_forward_pre_hook(scale_units))
+    return handles
+
+
+def collect_mask_grads(model, batches: Iterable[dict], device: torch.device | str = "cpu"):
+    """Per-example mask gradients of a dense TlpruneForSequenceClassification over `batches`
+    (dicts with input_ids, attention_mask, labels; labels are the model's own predictions for
+    unlabelled texts). The model's weights get no gradient and are left unchanged."""
+    cfg = model.config
+    if not (all(cfg.mha_present) and all(cfg.ffn_present)):
+        raise ValueError("Fisher scores need the dense model (every sublayer present)")
+    L, H = cfg.num_hidden_layers, cfg.heads_per_layer[0]
+    f = cfg.ffn_per_layer[0]
+    model.eval()
+    was = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    heads, units = [], []
+    try:
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            n = labels.shape[0]
+            masks = {
+                "head": [torch.ones(n, H, device=device, requires_grad=True) for _ in range(L)],
+                "ffn_unit": [torch.ones(n, f, device=device, requires_grad=True) for _ in range(L)],
+            }
+            handles = _mask_hooks(model, masks)
+            try:
+                logits = model(**batch).logits
+                loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+                grads = torch.autograd.grad(loss, masks["head"] + masks["ffn_unit"])
+            finally:
+                for h in handles:
+                    h.remove()
+            heads.append(torch.stack(grads[:L], dim=1).detach().cpu())
+            units.append(torch.stack(grads[L:], dim=1).detach().cpu())
+    finally:
+        for p, r in zip(model.parameters(), was, strict=True):
+            p.requires_grad_(r)
+    return MaskGrads(head=torch.cat(heads), ffn_unit=torch.cat(units))
+
+
+def _top_mask(score: Tensor, k: int) -> Tensor:
+    """A 0/1 mask of score's shape keeping the k highest entries (ties: the lower index)."""
+    flat = score.flatten()
+    order = torch.sort(flat, descending=True, stable=True).indices
+    mask = torch.zeros_like(flat)
+    mask[order[:k]] = 1.0
+    return mask.view_as(score)
+
+
+def search_masks(diag: dict[str, Tensor], sizes: UnitSizes, budget: int) -> dict[str, Tensor]:
+    """Head and FFN-unit masks whose prunable size is <= budget < size + one FFN unit (when
+    FFN units are left to add), keeping the most diagonal-Fisher importance: for every number
+    of heads n, the n best heads and as many of the best FFN units as the rest of the budget
+    holds; the n with the largest kept importance wins."""
+    hc, uc = sizes.head_params(), sizes.ffn_unit_params()
+    head_sorted = torch.sort(diag["head"].flatten(), descending=True).values.double()
+    unit_sorted = torch.sort(diag["ffn_unit"].flatten(), descending=True).values.double()
+    head_cum = torch.cat([head_sorted.new_zeros(1), head_sorted.cumsum(0)])
+    unit_cum = torch.cat([unit_sorted.new_zeros(1), unit_sorted.cumsum(0)])
+    best, best_n = None, 0
+    for n in range(head_sorted.numel() + 1):
+        room = budget - n * hc
+        if room < 0:
+            break
+        units = min(room // uc, unit_sorted.numel())
+        kept = head_cum[n] + unit_cum[units]
+        if best is None or kept > best:
+            best, best_n = kept, n
+    n_units = min((budget - best_n * hc) // uc, unit_sorted.numel())
+    return {
+        "head": _top_mask(diag["head"], best_n),
+        "ffn_unit": _top_mask(diag["ffn_unit"], int(n_units)),
+    }
+
+
+def removal_cost(fisher: Tensor, mask: Tensor) -> float:
+    """1_Z^T I 1_Z for the removed set Z of one layer's 0/1 `mask` (twice the loss increase)."""
+    z = (1 - mask).double()
+    return float(z @ fisher.double() @ z)
+
+
+def rearrange_layer(fisher: Tensor, mask: Tensor, max_swaps: int | None = None) -> Tensor:
+    """Swap kept and removed units of one layer (their number unchanged) while a swap lowers
+    1_Z^T I 1_Z, the best swap first: the off-diagonal Fisher, which the search ignores."""
+    I = fisher.double()  # noqa: E741 - the Fisher matrix
+    mask = mask.clone()
+    diag = torch.diagonal(I)
+    limit = mask.numel() if max_swaps is None else max_swaps
+    for _ in range(limit):
+        removed, kept = (mask == 0).nonzero().flatten(), (mask == 1).nonzero().flatten()
+        if removed.numel() == 0 or kept.numel() == 0:
+            break
+        r = I[:, removed].sum(1)  # I 1_Z
+        # bring i back (i in Z), remove j (j kept): the change of 1_Z^T I 1_Z
+        out_i = -2 * r[removed] + diag[removed]
+        in_j = 2 * r[kept] + diag[kept]
+        delta = out_i[:, None] + in_j[None, :] - 2 * I[removed][:, kept]
+        best = int(delta.argmin())
+        if float(delta.flatten()[best]) >= -1e-12 * max(1.0, float(diag.abs().max())):
+            break
+        i, j = removed[best // kept.numel()], kept[best % kept.numel()]
+        mask[i], mask[j] = 1.0, 0.0
+    return mask
+
+
+def rearrange(grads: MaskGrads, masks: dict[str, Tensor], max_swaps: int | None = None):
+    """`rearrange_layer` on every layer's heads and FFN units; returns the masks and the
+    per-kind removal cost before and after."""
+    out, costs = {}, {}
+    for kind in ("head", "ffn_unit"):
+        g = getattr(grads, kind).double()  # [N, L, u]
+        rows, before, after = [], 0.0, 0.0
+        for layer in range(g.shape[1]):
+            fisher = g[:, layer].T @ g[:, layer]
+            new = rearrange_layer(fisher, masks[kind][layer], max_swaps)
+            before += removal_cost(fisher, masks[kind][layer])
+            after += removal_cost(fisher, new)
+            rows.append(new.to(masks[kind].dtype))
+        out[kind] = torch.stack(rows)
+        costs[kind] = {"before": before, "after": after}
+    return out, costs

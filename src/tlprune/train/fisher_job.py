@@ -1,0 +1,283 @@
+"""The retraining-free prune job (presets `fisher`, `fisher-ft`), after Kwon et al. 2022:
+
+dense fine-tune on the budget (or `--teacher DIR`) -> per-example Fisher gradients of head and
+FFN-unit masks on the budget's training texts (their labels) and unlabelled texts (the dense
+model's predictions as labels) -> mask search under the exact parameter budget -> mask
+rearrangement within layers -> layer-wise least-squares mask tuning, folded into the weights
+-> surgery -> [final fine-tune of the small model] -> the same outputs as every prune preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlprune.config import RunConfig
+from tlprune.data.collate import ClassificationCollator, truncated_fraction
+from tlprune.data.metrics import classification_metrics
+from tlprune.data.sources import load_task
+from tlprune.data.split import draw_budget
+from tlprune.errors import TlpruneError
+from tlprune.models import load_classifier, load_tokenizer
+from tlprune.train.evaluate import evaluate, predict
+from tlprune.train.finetune import make_loaders
+from tlprune.train.loop import train_classifier
+from tlprune.train.metrics_log import MetricsLog, make_accelerator
+from tlprune.train.prune_job import (
+    PruneResult,
+    _save_main,
+    _write_outputs,
+    check_architecture,
+    check_workdir,
+    default_out,
+    load_teacher,
+    smoke_config,
+    start_workdir,
+)
+
+SMOKE_EXAMPLES = 32
+
+
+def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
+    """Prune `cfg.model` for `cfg.data` to `cfg.prune.sparsity` without gate training."""
+    from accelerate import PartialState
+
+    from tlprune.transfer.unlabelled import load_unlabelled
+
+    started = time.perf_counter()
+    if cfg.smoke:
+        cfg = smoke_config(cfg)
+        small = min(cfg.fisher.examples, SMOKE_EXAMPLES)
+        fisher = dataclasses.replace(cfg.fisher, examples=small, tune_examples=small)
+        cfg = dataclasses.replace(cfg, fisher=fisher)
+    if PartialState().num_processes > 1:
+        raise TlpruneError(
+            "the fisher presets run in one process (they take minutes): start without "
+            "torchrun/accelerate launch"
+        )
+    out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
+    check_architecture(cfg.model.name)
+    work = check_workdir(cfg, out, resume)
+    task = load_task(cfg.data)
+    budget = draw_budget(
+        task.train["label"], cfg.data.budget, cfg.seed, cfg.data.dev_fraction, task.num_labels
+    )
+    tokenizer = load_tokenizer(cfg.model.name)
+    unlabelled = load_unlabelled(cfg.data.unlabelled, task, budget, cfg.seed)
+    if cfg.distill.teacher:
+        load_teacher(Path(cfg.distill.teacher), task.label_names)  # fail before writing
+    if not resume:
+        start_workdir(cfg, work)
+    accelerator = make_accelerator(cfg.prune.final.mixed_precision, work)
+    log_path = work / "log.jsonl"
+    log_path.touch()
+    seconds: dict[str, float] = {}
+    run = _Run(cfg, task, budget, tokenizer, accelerator, log_path)
+
+    t0 = time.perf_counter()
+    teacher, teacher_info = run.teacher(work)
+    seconds["teacher"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    small, masks, fisher_info = run.prune(teacher, unlabelled)
+    seconds["fisher"] = time.perf_counter() - t0
+    dev_loader, test_loader = run.eval_loaders()
+    dev_prune = evaluate(small, dev_loader, task.num_labels)
+    final_dev, final_steps = dev_prune, 0
+    if cfg.fisher.final:
+        t0 = time.perf_counter()
+        train_dl, dev_dl, _ = run.loaders(4, cfg.prune.final)
+        loop = train_classifier(
+            small,
+            train_dl,
+            dev_dl,
+            cfg.prune.final,
+            task.num_labels,
+            accelerator,
+            log_path,
+            desc="final",
+        )
+        small = accelerator.unwrap_model(small).cpu()
+        final_dev, final_steps = loop.best_dev, loop.steps
+        seconds["final"] = time.perf_counter() - t0
+    logits, labels = predict(small, test_loader, desc="test")
+    test = classification_metrics(logits, labels, task.num_labels)
+    seconds["total"] = time.perf_counter() - started
+    report = run.report(small, teacher, masks, fisher_info, teacher_info, unlabelled)
+    report.update(
+        dev={"prune": dev_prune, "final": final_dev},
+        test=test,
+        steps={"prune": 0, "prune_best": 0, "final": final_steps},
+        seconds={k: round(v, 2) for k, v in seconds.items()},
+    )
+    accelerator.end_training()
+    _write_outputs(work, out, small, tokenizer, cfg, report, masks, logits, labels, budget)
+    return PruneResult(model=small, tokenizer=tokenizer, report=report, out_dir=out)
+
+
+class _Run:
+    """The steps of one fisher run, sharing its task, budget, tokenizer and log."""
+
+    def __init__(self, cfg: RunConfig, task, budget, tokenizer, accelerator, log_path: Path):
+        self.cfg, self.task, self.budget = cfg, task, budget
+        self.tokenizer, self.accelerator, self.log_path = tokenizer, accelerator, log_path
+        self.collate = ClassificationCollator(tokenizer, task.max_length)
+
+    def loaders(self, phase: int, train_cfg):
+        """Seeded loaders, as the gate-based prune job makes them for the same phase."""
+        from accelerate.utils import set_seed
+
+        set_seed(self.cfg.seed + phase)
+        phase_cfg = dataclasses.replace(self.cfg, train=train_cfg, seed=self.cfg.seed + phase)
+        return make_loaders(self.task, self.budget, self.tokenizer, phase_cfg, self.cfg.smoke)
+
+    def eval_loaders(self):
+        _, dev, test = make_loaders(
+            self.task, self.budget, self.tokenizer, self.cfg, self.cfg.smoke
+        )
+        return dev, test
+
+    def teacher(self, work: Path):
+        """The dense fine-tuned model: `--teacher DIR`, or trained here exactly as the
+        `finetune` preset trains it (same seed, data order and recipe) and reused on resume."""
+        from accelerate.utils import set_seed
+
+        cfg, task = self.cfg, self.task
+        given = Path(cfg.distill.teacher) if cfg.distill.teacher else None
+        tdir = given or work / "teacher"
+        built = False
+        if given is None and not (tdir / "config.json").is_file():
+            set_seed(cfg.seed)
+            dense = load_classifier(cfg.model.name, task.label_names)
+            train_dl, dev_dl, _ = make_loaders(task, self.budget, self.tokenizer, cfg, cfg.smoke)
+            train_classifier(
+                dense,
+                train_dl,
+                dev_dl,
+                cfg.train,
+                task.num_labels,
+                self.accelerator,
+                self.log_path,
+                desc="teacher",
+            )
+            _save_main(self.accelerator, self.accelerator.unwrap_model(dense).cpu(), tdir)
+            built = True
+        teacher = load_teacher(tdir, task.label_names)
+        dev, test = self.eval_loaders()
+        info = {
+            "dir": str(given) if given else "built by this run (dense fine-tune on the budget)",
+            "built": built,
+            "dev": evaluate(teacher, dev, task.num_labels),
+            "test": evaluate(teacher, test, task.num_labels),
+        }
+        return teacher, info
+
+    def _scoring_rows(self, teacher, unlabelled) -> tuple[list[dict], dict]:
+        """The budget's training rows (their labels), then unlabelled texts labelled with the
+        teacher's predictions, up to `fisher.examples`; and how many came from each."""
+        cap = self.cfg.fisher.examples
+        rows = [dict(r) for r in self.task.train.select(self.budget.train)][:cap]
+        counts = {"labelled": len(rows)}
+        for source in unlabelled:
+            take = source.texts[: max(0, cap - len(rows))]
+            if take:
+                labels = self._predict_texts(teacher, take)
+                rows += [{"text": t, "label": int(y)} for t, y in zip(take, labels, strict=True)]
+            counts[source.name] = len(take)
+        return rows, counts
+
+    @torch.no_grad()
+    def _predict_texts(self, model, texts: list[str]) -> list[int]:
+        model.eval()
+        out = []
+        for i in range(0, len(texts), self.cfg.train.eval_batch_size):
+            chunk = [{"text": t, "label": 0} for t in texts[i : i + self.cfg.train.eval_batch_size]]
+            batch = self.collate(chunk)
+            batch.pop("labels")
+            out += model(**batch).logits.argmax(-1).tolist()
+        return out
+
+    def _batches(self, rows: list[dict]):
+        bs = self.cfg.fisher.batch_size
+        for i in range(0, len(rows), bs):
+            yield self.collate(rows[i : i + bs])
+
+    def prune(self, teacher, unlabelled):
+        """Scores, search, rearrangement, tuning, surgery: the small model and its masks."""
+        from tlprune.arch import from_hf, unit_sizes
+        from tlprune.gates.fisher import collect_mask_grads, rearrange, search_masks
+        from tlprune.gates.mask_tuning import fold_scales, tune_masks
+        from tlprune.gates.size import exact_size
+        from tlprune.surgery import prune_model
+
+        fc = self.cfg.fisher
+        dense = from_hf(teacher).eval()
+        sizes = unit_sizes(dense.config)
+        budget = math.floor((1 - self.cfg.prune.sparsity) * sizes.full_size)
+        rows, counts = self._scoring_rows(teacher, unlabelled)
+        grads = collect_mask_grads(dense, self._batches(rows))
+        masks = search_masks(grads.diagonal(), sizes, budget)
+        info: dict[str, Any] = {"scored": counts, "rearrange": None, "tune": None}
+        if fc.rearrange:
+            masks, info["rearrange"] = rearrange(grads, masks)
+        tuned = {k: v.clone() for k, v in masks.items()}
+        if fc.tune:
+            tune_rows = rows[: fc.tune_examples]
+            tuned, stats = tune_masks(
+                dense, dense, masks, lambda: self._batches(tune_rows), damping=fc.damping
+            )
+            info["tune"] = {
+                "examples": len(tune_rows),
+                "error_before": sum(stats.before.values()),
+                "error_after": sum(stats.after.values()),
+                "per_sublayer": {k: [stats.before[k], stats.after[k]] for k in stats.before},
+            }
+        fold_scales(dense, tuned)
+        small = prune_model(dense, masks)
+        kept = exact_size(masks, sizes)
+        info["sparsity"] = {
+            "target": self.cfg.prune.sparsity,
+            "achieved": 1 - kept / sizes.full_size,
+            "expected_at_end": None,  # no gates: nothing is expected, the masks are chosen
+            "budget_params": budget,
+            "kept_params": kept,
+            "notes": [],
+        }
+        log = MetricsLog(self.log_path, self.accelerator)
+        log.write({"phase": "fisher", "step": 0, **{f"scored/{k}": v for k, v in counts.items()}})
+        log.close()
+        return small, masks, info
+
+    def report(self, small, teacher, masks, info, teacher_info, unlabelled) -> dict:
+        from tlprune.arch import from_hf
+        from tlprune.surgery import param_report
+
+        cfg, task, budget = self.cfg, self.task, self.budget
+        return {
+            "preset": cfg.preset,
+            "model": cfg.model.name,
+            "target": task.name,
+            "labels": task.label_names,
+            "seed": cfg.seed,
+            "budget": {"size": budget.size, "train": len(budget.train), "dev": len(budget.dev)},
+            "sparsity": info["sparsity"],
+            "params": {"dense": param_report(from_hf(teacher)), "pruned": param_report(small)},
+            "truncated_fraction": {
+                "test": truncated_fraction(self.tokenizer, task.test, task.max_length)
+            },
+            "warnings": [],
+            "distill": False,
+            "teacher": teacher_info,
+            "unlabelled": [
+                {"name": u.name, "texts": len(u.texts), "notes": u.notes} for u in unlabelled
+            ],
+            "fisher": {k: v for k, v in info.items() if k != "sparsity"},
+            "transfer": {"coupling": "none"},
+            "processes": 1,
+            "smoke": cfg.smoke,
+            "notes": task.notes,
+        }

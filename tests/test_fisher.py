@@ -1,0 +1,340 @@
+"""The retraining-free presets on tiny models: Fisher gradients, mask search, rearrangement,
+mask tuning, folding, and the `fisher` / `fisher-ft` jobs end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.test_prune_job import sentiment_csv, tiny_cfg
+from transformers import AutoModelForSequenceClassification
+
+from tlprune.arch import from_hf, unit_sizes
+from tlprune.cli import main
+from tlprune.gates.fisher import (
+    collect_mask_grads,
+    rearrange,
+    rearrange_layer,
+    removal_cost,
+    search_masks,
+)
+from tlprune.gates.mask_tuning import fold_scales, tune_masks
+from tlprune.gates.size import exact_size
+from tlprune.surgery import prune_model
+from tlprune.train.fisher_job import run_fisher
+
+
+@pytest.fixture
+def data(tmp_path):
+    return sentiment_csv(tmp_path / "d.csv")
+
+
+def _dense(tiny_bert_dir):
+    torch.manual_seed(1)
+    model = from_hf(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)).eval()
+    with torch.no_grad():  # a non-trivial function: random weights of a usual scale
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def _batches(n=3, bs=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, 35, (bs, 7), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, 5:] = 0  # some padding
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": ids[:, 1] % 2})
+    return out
+
+
+def test_mask_grads_are_each_examples_own_gradient(tiny_bert_dir):
+    model = _dense(tiny_bert_dir)
+    batch = _batches(1)[0]
+    grads = collect_mask_grads(model, [batch])
+    assert not any(p.grad is not None for p in model.parameters())  # weights untouched
+    sizes = unit_sizes(model.config)
+    for b in range(batch["labels"].shape[0]):  # one example at a time, through the model's gates
+        gates = {
+            "head": torch.ones(sizes.num_layers, sizes.num_heads, requires_grad=True),
+            "ffn_unit": torch.ones(sizes.num_layers, sizes.ffn, requires_grad=True),
+        }
+        one = {k: v[b : b + 1] for k, v in batch.items() if k != "labels"}
+        logits = model(**one, gates=gates).logits
+        F.cross_entropy(logits, batch["labels"][b : b + 1]).backward()
+        assert torch.allclose(grads.head[b], gates["head"].grad, atol=1e-6)
+        assert torch.allclose(grads.ffn_unit[b], gates["ffn_unit"].grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.6, 0.9])
+def test_search_meets_the_budget_within_one_unit_and_is_optimal(tiny_bert_dir, sparsity):
+    sizes = unit_sizes(_dense(tiny_bert_dir).config)
+    g = torch.Generator().manual_seed(3)
+    diag = {"head": torch.rand(2, 4, generator=g), "ffn_unit": torch.rand(2, 64, generator=g)}
+    budget = math.floor((1 - sparsity) * sizes.full_size)
+    masks = search_masks(diag, sizes, budget)
+    kept = exact_size(masks, sizes)
+    # within one FFN unit, unless every FFN unit is in and a head would not fit
+    assert kept <= budget
+    assert budget < kept + sizes.ffn_unit_params() or bool(masks["ffn_unit"].all())
+    # no other head count keeps more importance within the budget (exhaustive over n)
+    value = float(
+        (diag["head"] * masks["head"]).sum() + (diag["ffn_unit"] * masks["ffn_unit"]).sum()
+    )
+    heads = torch.sort(diag["head"].flatten(), descending=True).values
+    units = torch.sort(diag["ffn_unit"].flatten(), descending=True).values
+    for n in range(9):
+        room = budget - n * sizes.head_params()
+        if room >= 0:
+            k = min(room // sizes.ffn_unit_params(), 128)
+            assert float(heads[:n].sum() + units[:k].sum()) <= value + 1e-4
+
+
+def test_full_budget_keeps_everything(tiny_bert_dir):
+    sizes = unit_sizes(_dense(tiny_bert_dir).config)
+    diag = {"head": torch.rand(2, 4), "ffn_unit": torch.rand(2, 64)}
+    masks = search_masks(diag, sizes, sizes.full_size)
+    assert masks["head"].all() and masks["ffn_unit"].all()
+
+
+def test_rearrangement_follows_the_off_diagonal_fisher():
+    # Two of four units go. Units 0 and 1 matter most alone but are redundant together (removing
+    # both costs 1 + 1 - 2 * 0.95); units 2 and 3 matter less alone but compound (0.8 + 0.8 +
+    # 2 * 0.7). The diagonal removes {2, 3}; the Fisher says remove {0, 1}.
+    I = torch.tensor(  # noqa: E741
+        [[1.0, -0.95, 0, 0], [-0.95, 1.0, 0, 0], [0, 0, 0.8, 0.7], [0, 0, 0.7, 0.8]]
+    )
+    diag_mask = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    new = rearrange_layer(I, diag_mask)
+    assert torch.equal(new, torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert removal_cost(I, new) == pytest.approx(0.1) and removal_cost(
+        I, diag_mask
+    ) == pytest.approx(3.0)
+
+
+def test_rearrange_never_raises_the_cost_and_keeps_counts(tiny_bert_dir):
+    model = _dense(tiny_bert_dir)
+    grads = collect_mask_grads(model, _batches(4))
+    sizes = unit_sizes(model.config)
+    masks = search_masks(grads.diagonal(), sizes, math.floor(0.4 * sizes.full_size))
+    new, costs = rearrange(grads, masks)
+    for kind in ("head", "ffn_unit"):
+        assert torch.equal(new[kind].sum(1), masks[kind].sum(1))  # per layer, same counts
+        assert costs[kind]["after"] <= costs[kind]["before"] + 1e-9
+
+
+def test_mask_tuning_lowers_the_reconstruction_error(tiny_bert_dir):
+    model = _dense(tiny_bert_dir)
+    sizes = unit_sizes(model.config)
+    grads = collect_mask_grads(model, _batches(4))
+    masks = search_masks(grads.diagonal(), sizes, math.floor(0.5 * sizes.full_size))
+    scales, stats = tune_masks(model, model, masks, lambda: _batches(4, seed=1))
+    assert stats.before and all(stats.after[k] <= stats.before[k] for k in stats.before)
+    assert sum(stats.after.values()) < sum(stats.before.values())
+    for kind in ("head", "ffn_unit"):  # removed units stay removed
+        assert torch.all(scales[kind][masks[kind] == 0] == 0)
+
+
+def test_folded_small_model_computes_the_tuned_masked_model(tiny_bert_dir):
+    model = _dense(tiny_bert_dir)
+    sizes = unit_sizes(model.config)
+    grads = collect_mask_grads(model, _batches(2))
+    masks = search_masks(grads.diagonal(), sizes, math.floor(0.5 * sizes.full_size))
+    scales, _ = tune_masks(model, model, masks, lambda: _batches(2))
+    batch = {k: v for k, v in _batches(1, seed=5)[0].items() if k != "labels"}
+    with torch.no_grad():
+        want = model(**batch, gates=scales).logits
+        fold_scales(model, scales)
+        small = prune_model(model, masks).eval()
+        assert torch.allclose(small(**batch).logits, want, atol=1e-5)
+    assert exact_size(masks, sizes) == sum(
+        layer.attention.num_heads * sizes.head_params() + layer.ffn.units * sizes.ffn_unit_params()
+        for layer in small.tlprune.encoder.layers
+    )
+
+
+def test_every_mask_kept_reproduces_the_dense_model(tiny_bert_dir):
+    model = _dense(tiny_bert_dir)
+    sizes = unit_sizes(model.config)
+    batch = {k: v for k, v in _batches(1, seed=7)[0].items() if k != "labels"}
+    with torch.no_grad():
+        want = model(**batch).logits
+    grads = collect_mask_grads(model, _batches(2))
+    masks = search_masks(grads.diagonal(), sizes, sizes.full_size)
+    masks, _ = rearrange(grads, masks)
+    scales, _ = tune_masks(model, model, masks, lambda: _batches(2))
+    for kind in ("head", "ffn_unit"):  # a perfect fit needs no change
+        assert torch.allclose(scales[kind], torch.ones_like(scales[kind]), atol=1e-4)
+    with torch.no_grad():
+        fold_scales(model, scales)
+        small = prune_model(model, masks).eval()
+        assert torch.allclose(small(**batch).logits, want, atol=1e-4)
+
+
+def _fisher_cfg(tiny_bert_dir, data, out, *extra):
+    return tiny_cfg(
+        tiny_bert_dir,
+        data,
+        out,
+        "preset=fisher",
+        "prune.method=fisher",
+        "train.max_steps=3",
+        *extra,
+    )
+
+
+def test_fisher_job_end_to_end(tmp_path, tiny_bert_dir, data):
+    out = tmp_path / "run"
+    unl = tmp_path / "u.txt"
+    unl.write_text("good movie\nbad phone really\nthe film was great\n")
+    result = run_fisher(
+        _fisher_cfg(tiny_bert_dir, data, out, "fisher.final=true", f"data.unlabelled=[{unl}]")
+    )
+    report = json.loads((out / "prune_report.json").read_text())
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "masks.safetensors",
+        "README.md",
+        "predictions.npz",
+        "log.jsonl",
+        "tokenizer_config.json",
+    ):
+        assert (out / name).is_file(), name
+    assert not out.with_name("run.partial").exists()
+    sp = report["sparsity"]
+    assert sp["kept_params"] <= sp["budget_params"] < sp["kept_params"] + 2 * 32 + 1
+    assert report["teacher"]["built"] and "accuracy" in report["teacher"]["test"]
+    assert report["fisher"]["scored"] == {"labelled": 48, "u": 3}
+    assert report["unlabelled"] == [{"name": "u", "texts": 3, "notes": []}]
+    assert report["steps"]["final"] > 0 and "final" in report["seconds"]
+    assert result.model.config.model_type == "tlprune"
+
+
+def test_tool_built_teacher_is_reused_on_resume(tmp_path, tiny_bert_dir, data, monkeypatch):
+    import tlprune.train.fisher_job as job
+
+    out = tmp_path / "run"
+    cfg = _fisher_cfg(tiny_bert_dir, data, out)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    real = job._Run.prune
+    monkeypatch.setattr(job._Run, "prune", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_fisher(cfg)
+    assert (out.with_name("run.partial") / "teacher" / "config.json").is_file()
+    monkeypatch.setattr(job._Run, "prune", real)
+    monkeypatch.setattr(job, "train_classifier", crash)  # no training on resume: no final here
+    result = run_fisher(cfg, resume=True)
+    assert result.report["teacher"]["built"] is False
+    assert out.is_dir() and not out.with_name("run.partial").exists()
+
+
+def _cli(tiny_bert_dir, data, out, *extra):
+    return main(
+        [
+            "prune",
+            "--preset",
+            "fisher",
+            "--model",
+            str(tiny_bert_dir),
+            "--target",
+            str(data),
+            "--out",
+            str(out),
+            "--budget",
+            "60",
+            "--smoke",
+            *extra,
+        ]
+    )
+
+
+def test_fisher_cli_with_teacher_dir(tmp_path, tiny_bert_dir, data, capsys):
+    out = tmp_path / "run"
+    teacher = tmp_path / "teacher"
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                str(tiny_bert_dir),
+                "--target",
+                str(data),
+                "--budget",
+                "60",
+                "--smoke",
+                "--out",
+                str(teacher),
+            ]
+        )
+        == 0
+    )
+    assert _cli(tiny_bert_dir, data, out, "--teacher", str(teacher)) == 0
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["teacher"]["dir"] == str(teacher) and not report["teacher"]["built"]
+    assert "dense model:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--unlabelled", "MISSING"], "not found"),
+        (["--unlabelled", "EMPTY"], "no examples"),
+        (["--unlabelled", "BUDGET"], "no texts beyond the budget"),
+        (["--teacher", "OTHER"], "predicts"),
+        (["--teacher", "NOMODEL"], "cannot load the teacher"),
+        (["--unlabelled", "NOTEXT"], "text"),
+    ],
+)
+def test_fisher_bad_input(tmp_path, tiny_bert_dir, data, capsys, extra, fragment):
+    from tests.conftest import make_tiny_model_dir
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    other = make_tiny_model_dir(tmp_path / "other", num_labels=3)
+    notext = tmp_path / "notext.csv"
+    notext.write_text("sentence,label\ngood,pos\nbad,neg\n")
+    (tmp_path / "nomodel").mkdir()
+    names = {
+        "MISSING": str(tmp_path / "missing.txt"),
+        "EMPTY": str(empty),
+        "BUDGET": "target",  # the budget's own texts: nothing beyond them
+        "OTHER": str(other),
+        "NOMODEL": str(tmp_path / "nomodel"),
+        "NOTEXT": str(notext),
+    }
+    extra = [names.get(a, a) for a in extra]
+    out = tmp_path / "run"
+    code = _cli(tiny_bert_dir, data, out, *extra)
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err, err
+    assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+def test_unlabelled_is_refused_by_the_gate_presets(tmp_path, tiny_bert_dir, data, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "prune",
+            "--preset",
+            "cofi",
+            "--model",
+            str(tiny_bert_dir),
+            "--target",
+            str(data),
+            "--out",
+            str(out),
+            "--budget",
+            "60",
+            "--smoke",
+            "--unlabelled",
+            "target-train",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--unlabelled" in err and not out.exists()
