@@ -338,3 +338,52 @@ def test_unlabelled_is_refused_by_the_gate_presets(tmp_path, tiny_bert_dir, data
     )
     err = capsys.readouterr().err
     assert code == 2 and "--unlabelled" in err and not out.exists()
+
+
+def test_fisher_stilts_trains_the_teacher_on_the_auxiliary_and_distils(
+    tmp_path, tiny_bert_dir, data
+):
+    from tests.test_transfer import aux_csv
+
+    aux = aux_csv(tmp_path / "aux.csv")
+    out = tmp_path / "run"
+    code = main(["prune", "--preset", "fisher-stilts", "--model", str(tiny_bert_dir),
+                 "--target", str(data), "--out", str(out), "--budget", "60", "--smoke",
+                 "--aux", str(aux), "--unlabelled", "target-train"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["teacher"]["recipe"].startswith("STILTs")
+    assert report["transfer"]["aux"][0]["examples"] > 0
+    assert report["unlabelled"][0]["name"] == "target-texts"
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("phase") == "aux" for r in rows)
+    assert any("distill/unlabelled_kl" in r for r in rows if r.get("phase") == "final")
+
+
+def test_unlabelled_weight_zero_draws_nothing_and_equals_plain_fine_tune(
+    tmp_path, tiny_bert_dir, data
+):
+    """With the unlabelled weight at 0 the run is fisher-ft's bit for bit; above 0 it differs
+    only through the final fine-tune (48 = the budget's training texts: nothing else scored)."""
+    teacher = tmp_path / "teacher"
+    assert main(["finetune", "--model", str(tiny_bert_dir), "--target", str(data), "--budget",
+                 "60", "--smoke", "--out", str(teacher)]) == 0  # fmt: skip
+    common = (f"distill.teacher={teacher}", "fisher.final=true", "fisher.examples=48")
+    unl = "data.unlabelled=[target-train]"
+    plain = run_fisher(_fisher_cfg(tiny_bert_dir, data, tmp_path / "a", *common))
+    off = run_fisher(
+        _fisher_cfg(
+            tiny_bert_dir, data, tmp_path / "b", *common, unl, "distill.unlabelled_weight=0"
+        )
+    )
+    on = run_fisher(_fisher_cfg(tiny_bert_dir, data, tmp_path / "c", *common, unl))
+    sa, sb, sc = (r.model.state_dict() for r in (plain, off, on))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+    def rows(r):
+        return [json.loads(x) for x in (r.out_dir / "log.jsonl").read_text().splitlines()]
+
+    assert not any("distill/unlabelled_kl" in r for r in rows(off))
+    assert any("distill/unlabelled_kl" in r for r in rows(on))
+    assert off.report["distill_unlabelled"] == 0 and on.report["distill_unlabelled"] == 1.0

@@ -186,11 +186,17 @@ class DistillConfig:
     ce_weight: float = 0.0  # hard-label CE; CoFi drops it when distilling, and so do we
     kl_weight: float = 0.1  # logit KL (CoFi's distill_ce_loss_alpha)
     layer_weight: float = 0.9  # layerwise hidden-state MSE (CoFi's distill_loss_alpha)
+    # fisher-ft: logit KL to the dense model on batches of data.unlabelled texts beside the
+    # labelled batch (hard-label CE) in the final fine-tune; 0 = off (no batch is drawn)
+    unlabelled_weight: float = 1.0
+    unlabelled_batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"distill.temperature must be positive, got {self.temperature}")
-        if min(self.ce_weight, self.kl_weight, self.layer_weight) < 0:
+        if self.unlabelled_batch_size < 1:
+            raise ConfigError("distill.unlabelled_batch_size must be >= 1")
+        if min(self.ce_weight, self.kl_weight, self.layer_weight, self.unlabelled_weight) < 0:
             raise ConfigError("distill weights must be >= 0")
 
 

@@ -10,6 +10,7 @@ rearrangement within layers -> layer-wise least-squares mask tuning, folded into
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -71,6 +72,7 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
     unlabelled = load_unlabelled(cfg.data.unlabelled, task, budget, cfg.seed)
     if cfg.distill.teacher:
         load_teacher(Path(cfg.distill.teacher), task.label_names)  # fail before writing
+    aux_data = _check_transfer(cfg, task, budget, tokenizer)
     if not resume:
         start_workdir(cfg, work)
     accelerator = make_accelerator(cfg.prune.final.mixed_precision, work)
@@ -78,9 +80,10 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
     log_path.touch()
     seconds: dict[str, float] = {}
     run = _Run(cfg, task, budget, tokenizer, accelerator, log_path)
+    run.aux_data = aux_data
 
     t0 = time.perf_counter()
-    teacher, teacher_info = run.teacher(work)
+    teacher, teacher_info = run.teacher(work, resume)
     seconds["teacher"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     small, masks, fisher_info = run.prune(teacher, unlabelled)
@@ -100,6 +103,7 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
             accelerator,
             log_path,
             desc="final",
+            extra_loss=run.unlabelled_distill(teacher, unlabelled),
         )
         small = accelerator.unwrap_model(small).cpu()
         final_dev, final_steps = loop.best_dev, loop.steps
@@ -141,40 +145,91 @@ class _Run:
         )
         return dev, test
 
-    def teacher(self, work: Path):
-        """The dense fine-tuned model: `--teacher DIR`, or trained here exactly as the
-        `finetune` preset trains it (same seed, data order and recipe) and reused on resume."""
-        from accelerate.utils import set_seed
-
+    def teacher(self, work: Path, resume: bool):
+        """The dense fine-tuned model: `--teacher DIR`, or trained here and reused on resume:
+        on the budget exactly as the `finetune` preset trains it (same seed, data order and
+        recipe), after the auxiliary stage when the run has `--aux` (STILTs)."""
         cfg, task = self.cfg, self.task
         given = Path(cfg.distill.teacher) if cfg.distill.teacher else None
         tdir = given or work / "teacher"
         built = False
         if given is None and not (tdir / "config.json").is_file():
-            set_seed(cfg.seed)
-            dense = load_classifier(cfg.model.name, task.label_names)
-            train_dl, dev_dl, _ = make_loaders(task, self.budget, self.tokenizer, cfg, cfg.smoke)
-            train_classifier(
-                dense,
-                train_dl,
-                dev_dl,
-                cfg.train,
-                task.num_labels,
-                self.accelerator,
-                self.log_path,
-                desc="teacher",
-            )
-            _save_main(self.accelerator, self.accelerator.unwrap_model(dense).cpu(), tdir)
+            dense = self._train_teacher(work, resume)
+            _save_main(self.accelerator, dense, tdir)
             built = True
-        teacher = load_teacher(tdir, task.label_names)
+        teacher = _load_dense(tdir, task.label_names)
         dev, test = self.eval_loaders()
         info = {
-            "dir": str(given) if given else "built by this run (dense fine-tune on the budget)",
+            "dir": str(given) if given else "built by this run",
+            "recipe": "given" if given else self._teacher_recipe(),
             "built": built,
             "dev": evaluate(teacher, dev, task.num_labels),
             "test": evaluate(teacher, test, task.num_labels),
         }
         return teacher, info
+
+    def _teacher_recipe(self) -> str:
+        if not self.aux_data:
+            return "dense fine-tune on the budget"
+        names = ", ".join(d.name for d in self.aux_data)
+        steps = self.cfg.transfer.aux_stage.max_steps
+        return f"STILTs: {steps} dense steps on {names}, then the dense fine-tune on the budget"
+
+    def _train_teacher(self, work: Path, resume: bool):
+        from accelerate.utils import set_seed
+
+        from tlprune.arch import from_hf, unit_sizes
+        from tlprune.train.aux_stage import run_aux_stage
+        from tlprune.transfer.branch import build_branch
+        from tlprune.transfer.groups import copy_weights
+
+        cfg, task = self.cfg, self.task
+        encoder = None
+        if self.aux_data:  # STILTs: the auxiliary first, dense
+            base = from_hf(load_classifier(cfg.model.name, task.label_names))
+            sizes = unit_sizes(base.config)
+            tc = cfg.transfer
+            branch = build_branch(
+                base, None, self.aux_data, self.tokenizer, tc, None, sizes, cfg.seed
+            )
+            stage = run_aux_stage(branch, cfg, self.accelerator, work, self.log_path, resume)
+            encoder = stage.encoder
+        set_seed(cfg.seed)
+        dense = load_classifier(cfg.model.name, task.label_names)
+        if encoder is not None:
+            dense = from_hf(dense)
+            copy_weights(encoder, dense.tlprune, cfg.transfer.weights)
+        train_dl, dev_dl, _ = make_loaders(task, self.budget, self.tokenizer, cfg, cfg.smoke)
+        train_classifier(
+            dense,
+            train_dl,
+            dev_dl,
+            cfg.train,
+            task.num_labels,
+            self.accelerator,
+            self.log_path,
+            desc="teacher",
+        )
+        return self.accelerator.unwrap_model(dense).cpu()
+
+    def unlabelled_distill(self, teacher, unlabelled):
+        """The final fine-tune's distillation on unlabelled texts, or None (no batch drawn)."""
+        from tlprune.train.unlabelled_distill import UnlabelledDistill
+
+        dc = self.cfg.distill
+        texts = [t for u in unlabelled for t in u.texts]
+        if not texts or dc.unlabelled_weight == 0:
+            return None
+        return UnlabelledDistill(
+            teacher,
+            texts,
+            self.collate,
+            dc.unlabelled_batch_size,
+            dc.unlabelled_weight,
+            dc.temperature,
+            seed=self.cfg.seed + 7_919,
+            eval_batch_size=self.cfg.train.eval_batch_size,
+        )
 
     def _scoring_rows(self, teacher, unlabelled) -> tuple[list[dict], dict]:
         """The budget's training rows (their labels), then unlabelled texts labelled with the
@@ -208,14 +263,14 @@ class _Run:
 
     def prune(self, teacher, unlabelled):
         """Scores, search, rearrangement, tuning, surgery: the small model and its masks."""
-        from tlprune.arch import from_hf, unit_sizes
+        from tlprune.arch import unit_sizes
         from tlprune.gates.fisher import collect_mask_grads, rearrange, search_masks
         from tlprune.gates.mask_tuning import fold_scales, tune_masks
         from tlprune.gates.size import exact_size
         from tlprune.surgery import prune_model
 
         fc = self.cfg.fisher
-        dense = from_hf(teacher).eval()
+        dense = _as_tlprune(teacher).eval()
         sizes = unit_sizes(dense.config)
         budget = math.floor((1 - self.cfg.prune.sparsity) * sizes.full_size)
         rows, counts = self._scoring_rows(teacher, unlabelled)
@@ -253,7 +308,6 @@ class _Run:
         return small, masks, info
 
     def report(self, small, teacher, masks, info, teacher_info, unlabelled) -> dict:
-        from tlprune.arch import from_hf
         from tlprune.surgery import param_report
 
         cfg, task, budget = self.cfg, self.task, self.budget
@@ -265,7 +319,7 @@ class _Run:
             "seed": cfg.seed,
             "budget": {"size": budget.size, "train": len(budget.train), "dev": len(budget.dev)},
             "sparsity": info["sparsity"],
-            "params": {"dense": param_report(from_hf(teacher)), "pruned": param_report(small)},
+            "params": {"dense": param_report(_as_tlprune(teacher)), "pruned": param_report(small)},
             "truncated_fraction": {
                 "test": truncated_fraction(self.tokenizer, task.test, task.max_length)
             },
@@ -276,8 +330,69 @@ class _Run:
                 {"name": u.name, "texts": len(u.texts), "notes": u.notes} for u in unlabelled
             ],
             "fisher": {k: v for k, v in info.items() if k != "sparsity"},
-            "transfer": {"coupling": "none"},
+            "transfer": {
+                "coupling": "sequential" if self.aux_data else "none",
+                "variant": "teacher" if self.aux_data else None,
+                "aux": [
+                    {
+                        "name": d.name,
+                        "task": d.cfg.task,
+                        "weight": d.cfg.weight,
+                        "examples": len(d.rows),
+                        "notes": d.notes,
+                    }
+                    for d in self.aux_data
+                ],
+            },
+            "distill_unlabelled": (
+                self.cfg.distill.unlabelled_weight if self.cfg.fisher.final and unlabelled else 0.0
+            ),
             "processes": 1,
             "smoke": cfg.smoke,
             "notes": task.notes,
         }
+
+
+def _as_tlprune(model):
+    """The model as a TlpruneForSequenceClassification (converted from BERT/RoBERTa)."""
+    from tlprune.arch import from_hf
+    from tlprune.modeling import TlpruneForSequenceClassification
+
+    return model if isinstance(model, TlpruneForSequenceClassification) else from_hf(model)
+
+
+def _load_dense(path: Path, label_names: list[str]):
+    """A dense model directory: a tlprune one (a STILTs teacher built here) or BERT/RoBERTa."""
+    from tlprune.modeling import TlpruneForSequenceClassification
+
+    if json.loads((path / "config.json").read_text()).get("model_type") == "tlprune":
+        return TlpruneForSequenceClassification.from_pretrained(path).eval()
+    return load_teacher(path, label_names)
+
+
+def _check_transfer(cfg: RunConfig, task, budget, tokenizer) -> list:
+    """The auxiliaries of a STILTs teacher (sequential coupling, dense auxiliary stage), or
+    none; anything else is refused before work starts."""
+    from tlprune.transfer.aux import load_aux, unique_names
+
+    tc = cfg.transfer
+    if tc.coupling == "none":
+        return []
+    if tc.coupling != "sequential" or tc.aux_prune or cfg.distill.teacher:
+        raise TlpruneError(
+            "the fisher presets take auxiliary data only to train their dense teacher first "
+            "(STILTs: transfer.coupling=sequential, transfer.aux_prune=false, no --teacher); "
+            f"got coupling {tc.coupling}"
+            + (", aux_prune" if tc.aux_prune else "")
+            + (", --teacher" if cfg.distill.teacher else "")
+        )
+    tc.check_ready(cfg.prune)
+    if any(a.task == "mlm" for a in tc.aux):
+        raise TlpruneError(
+            "the fisher presets' teacher stage takes labelled or regression auxiliaries; give "
+            "unlabelled text as --unlabelled SOURCE"
+        )
+    aux = [load_aux(a, task, budget, cfg.seed) for a in tc.aux]
+    for d, name in zip(aux, unique_names([d.name for d in aux]), strict=True):
+        d.name = name
+    return aux

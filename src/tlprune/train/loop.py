@@ -53,12 +53,14 @@ def train_classifier(
     log_path: Path | None = None,
     desc: str = "fine-tune",
     branch: Any = None,
+    extra_loss: Any = None,
 ) -> LoopResult:
     """Train with AdamW (constant lr after optional linear warm-up), evaluate dev at each epoch
     (or every `cfg.eval_every` steps), and leave the model at its lowest-dev-loss state.
     `branch`: an auxiliary branch (transfer/branch.py) whose terms join the loss each step;
-    its heads and own weights return to the best step with the model. Logged losses are
-    those of the last micro-batch of a step."""
+    its heads and own weights return to the best step with the model. `extra_loss(model)`:
+    (a term added to the loss, logged parts), e.g. distillation on unlabelled texts. Logged
+    losses are those of the last micro-batch of a step."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -98,6 +100,9 @@ def train_classifier(
                     loss = task_loss = model(**batch).loss
                     parts: dict[str, Any] = {}
                     aux_term = None
+                    if extra_loss is not None:  # the labelled loss is logged alone, parts beside
+                        extra, parts = extra_loss(model)
+                        loss = task_loss + extra
                     if branch is not None:  # the target's loss is logged alone, parts beside
                         with accelerator.autocast():
                             extra, parts = branch(step, None, accelerator.device)

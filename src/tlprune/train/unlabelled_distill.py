@@ -1,0 +1,61 @@
+"""Distillation on unlabelled texts: each step, a batch of unlabelled texts beside the
+labelled one, and the student's logits pulled to the dense teacher's by a temperature-softened
+KL. The teacher is frozen, so its logits are computed once for all texts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tlprune.train.distill import logit_kl
+
+
+class UnlabelledDistill:
+    """`weight * KL_T(teacher || student)` on a fresh batch of unlabelled texts per call, in a
+    seeded order of its own (the labelled loader's random stream is not touched)."""
+
+    def __init__(
+        self,
+        teacher: Any,
+        texts: list[str],
+        collate: Any,
+        batch_size: int,
+        weight: float,
+        temperature: float,
+        seed: int,
+        eval_batch_size: int = 128,
+    ):
+        self.texts, self.collate = texts, collate
+        self.batch_size, self.weight, self.temperature = batch_size, weight, temperature
+        self.gen = torch.Generator().manual_seed(seed)
+        self.logits = self._teacher_logits(teacher, eval_batch_size)
+        self._order: list[int] = []
+
+    @torch.no_grad()
+    def _teacher_logits(self, teacher: Any, batch_size: int) -> torch.Tensor:
+        teacher.eval()
+        out = []
+        for i in range(0, len(self.texts), batch_size):
+            batch = self._batch(range(i, min(i + batch_size, len(self.texts))))
+            out.append(teacher(**batch).logits.float().cpu())
+        return torch.cat(out)
+
+    def _batch(self, idx) -> dict:
+        batch = self.collate([{"text": self.texts[i], "label": 0} for i in idx])
+        batch.pop("labels")
+        return batch
+
+    def _next(self) -> list[int]:
+        if len(self._order) < self.batch_size:  # a new epoch over the texts
+            self._order += torch.randperm(len(self.texts), generator=self.gen).tolist()
+        take, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
+        return take
+
+    def __call__(self, model: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = self._next()
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in self._batch(idx).items()}
+        student = model(**batch).logits.float()
+        kl = logit_kl(student, self.logits[idx].to(device), self.temperature)
+        return self.weight * kl, {"distill/unlabelled_kl": kl.detach()}
