@@ -142,6 +142,9 @@ class PruneConfig:
     # widths run at about half speed (benchmarks/round_hidden.py); FFN units fill the budget as
     # usual. 1 = off (the issue-4 study ran with 1).
     round_hidden: int = 32
+    # lagrangian: learned multipliers (CoFi); shift: after each gate step one common offset of
+    # every log-alpha makes the expected sparsity equal the target (gates/target_shift.py)
+    constraint: str = "lagrangian"
     method: str = "gates"  # gates (hard-concrete, CoFi-class) | fisher (retraining-free)
     warm: TrainConfig = field(default_factory=_warm)  # dense fine-tune before gates
     prune: TrainConfig = field(default_factory=_prune_phase)  # gates + weights
@@ -165,6 +168,10 @@ class PruneConfig:
         if len(lo_hi) != 2 or not lo_hi[0] < self.init_log_alpha < lo_hi[1]:
             raise ConfigError(
                 f"prune.log_alpha_clamp must be [low, high] around init_log_alpha, got {lo_hi}"
+            )
+        if self.constraint not in ("lagrangian", "shift"):
+            raise ConfigError(
+                f"prune.constraint must be lagrangian or shift, got {self.constraint!r}"
             )
         if self.method not in PRUNE_METHODS:
             raise ConfigError(

@@ -22,6 +22,7 @@ from tlprune.config import RunConfig
 from tlprune.errors import TlpruneError
 from tlprune.gates import FinalMasks, GateSet, Lagrangian, TargetSchedule, final_masks
 from tlprune.gates.lagrangian import check_sparsity, make_gate_optimizers
+from tlprune.gates.target_shift import shift_to_target
 from tlprune.train.checkpoint import CheckpointManager, Progress
 from tlprune.train.evaluate import evaluate
 from tlprune.train.loop import set_trainable, total_steps
@@ -40,8 +41,10 @@ class GatedModel(nn.Module):
         lagrangian: Lagrangian,
         distiller=None,
         branch: nn.Module | None = None,
+        shift: bool = False,
     ):
         super().__init__()
+        self.shift = shift  # the constraint holds by projection (gates/target_shift.py)
         self.model = model
         self.gates = gates
         self.lagrangian = lagrangian
@@ -77,7 +80,7 @@ class GatedModel(nn.Module):
         else:
             task = F.cross_entropy(out.logits, labels)
         s_hat = self.gates.expected_sparsity().to(task.dtype)
-        lag = self.lagrangian(s_hat, target)
+        lag = s_hat.new_zeros(()) if self.shift else self.lagrangian(s_hat, target)
         parts.update(task=task.detach(), lagrangian=lag.detach(), expected_sparsity=s_hat.detach())
         loss = task + lag
         if self.branch is not None:
@@ -143,7 +146,8 @@ def run_prune_phase(
     set_trainable(model, phase.freeze)
     accelerator.gradient_accumulation_steps = phase.grad_accum
     lagrangian = Lagrangian()
-    gm = GatedModel(model, gates, lagrangian, distiller, branch)
+    shift = pc.constraint == "shift"
+    gm = GatedModel(model, gates, lagrangian, distiller, branch, shift=shift)
     weights = [p for p in model.parameters() if p.requires_grad]
     if distiller is not None:
         weights += list(distiller.parameters())
@@ -280,6 +284,8 @@ def run_prune_phase(
                         opt.step()
                         opt.zero_grad()
                 inner.gates.clamp_()
+                if shift:  # the next step's forward sees its target's expected sparsity
+                    shift_to_target(inner.gates, schedule(progress.step + 1))
                 if branch is not None and inner.branch.gates is not None:
                     inner.branch.gates.clamp_()
                 progress.batch_in_epoch += 1
