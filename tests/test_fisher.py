@@ -358,6 +358,9 @@ def test_fisher_stilts_trains_the_teacher_on_the_auxiliary_and_distils(
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert any(r.get("phase") == "aux" for r in rows)
     assert any("distill/unlabelled_kl" in r for r in rows if r.get("phase") == "final")
+    card = (out / "README.md").read_text()
+    assert "dense model (teacher)" in card and "STILTs" in card
+    assert "| unlabelled texts | target-texts:" in card and "weight 1.0" in card
 
 
 def test_unlabelled_weight_zero_draws_nothing_and_equals_plain_fine_tune(

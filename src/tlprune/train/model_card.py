@@ -47,6 +47,7 @@ def model_card(report: dict, cfg: RunConfig) -> str:
         f"| test accuracy | {report['test']['accuracy']:.4f} (n={report['test']['n']}) |",
         f"| test macro-F1 | {report['test']['macro_f1']:.4f} |",
         f"| distillation | {'yes' if report['distill'] else 'no'} |",
+        *_teacher_rows(report),
         f"| transfer | {_transfer(report.get('transfer') or {})} |",
         "",
         "Load it with `AutoModelForSequenceClassification.from_pretrained(dir, "
@@ -59,6 +60,23 @@ def model_card(report: dict, cfg: RunConfig) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _teacher_rows(report: dict) -> list[str]:
+    """The dense model the small one came from, and the unlabelled texts it read."""
+    rows = []
+    if t := report.get("teacher"):
+        rows.append(
+            f"| dense model (teacher) | {t['dir']} ({t.get('recipe', '')}): dev accuracy "
+            f"{t['dev']['accuracy']:.4f}, test accuracy {t['test']['accuracy']:.4f} |"
+        )
+    for u in report.get("unlabelled", []):
+        rows.append(f"| unlabelled texts | {u['name']}: {u['texts']:,} |")
+    if report.get("distill_unlabelled"):
+        rows.append(
+            f"| distillation on unlabelled texts | logit KL, weight {report['distill_unlabelled']} |"
+        )
+    return rows
 
 
 def _transfer(t: dict) -> str:
