@@ -165,8 +165,8 @@ def main() -> None:
     if args.save:
         dst = args.save / "runs"
         dst.mkdir(parents=True, exist_ok=True)
-        for (target, method), cell in runs.items():
-            for seed, c in cell.items():
+        for cell in runs.values():
+            for c in cell.values():
                 name = c["dir"].name if c["dir"].is_dir() else c["report"].stem
                 shutil.copyfile(c["report"], dst / f"{name}.json")
                 shutil.copyfile(c["preds"], dst / f"{name}.predictions.npz")

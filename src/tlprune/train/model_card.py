@@ -73,9 +73,8 @@ def _teacher_rows(report: dict) -> list[str]:
     for u in report.get("unlabelled", []):
         rows.append(f"| unlabelled texts | {u['name']}: {u['texts']:,} |")
     if report.get("distill_unlabelled"):
-        rows.append(
-            f"| distillation on unlabelled texts | logit KL, weight {report['distill_unlabelled']} |"
-        )
+        weight = report["distill_unlabelled"]
+        rows.append(f"| distillation on unlabelled texts | logit KL, weight {weight} |")
     return rows
 
 
