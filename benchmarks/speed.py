@@ -2,9 +2,9 @@
 in PyTorch eager, torch.compile and ONNX Runtime, batch 1 and 32 x 128 tokens.
 
     python benchmarks/speed.py [RUN_DIR ...] [--threads N] [--backends eager,compile,onnxruntime]
-        [--save experiments/results/issue6/speed]
+        [--save results/speed/speed]
 
-RUN_DIR defaults to runs/speed32/cofi-{0.6,0.8,0.9} (made by experiments/issue6_models.sh).
+RUN_DIR defaults to runs/speed32/cofi-{0.6,0.8,0.9} (made by experiments/speed_models.sh).
 Each model is measured by `tlprune bench` logic: dense and pruned interleaved in one process,
 medians of 10 repeats after warm-up; quote the ratios, not the absolute times.
 """

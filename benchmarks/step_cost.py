@@ -81,7 +81,7 @@ def prune_step(base: str, size: int, tokens: int, freeze: list[str]) -> Step:
 
 def transfer_step(coupling: str, adapt: bool = False) -> Callable[[str, int, int, list[str]], Step]:
     """A two-branch pruning step: half the batch from the target, half from an auxiliary
-    classification task (same total batch as the single-branch step, DESIGN 2.9); `adapt`:
+    classification task (same total batch as the single-branch step); `adapt`:
     the gradient-cosine weighting's two backward passes (transfer/adapt.py)."""
 
     def make(base: str, size: int, tokens: int, freeze: list[str]) -> Step:

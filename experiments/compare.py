@@ -1,7 +1,7 @@
 """Mean, std over seeds and paired bootstrap intervals between methods, from saved runs.
 
-    python experiments/compare.py runs/issue4 [--baselines cofi finetune] [--save FILE.md]
-    python experiments/compare.py experiments/results/issue4 --plot FILE.png  # committed copies
+    python experiments/compare.py runs/transfer-amazon-256 [--baselines cofi finetune] [--save FILE.md]
+    python experiments/compare.py results/transfer-amazon-256 --plot FILE.png  # committed copies
 
 Runs are folders named METHOD-sSEED (e.g. joint-movies-s0) holding predictions.npz. Two paired
 intervals of the accuracy difference A - B (same seed = same budget draw and test examples):

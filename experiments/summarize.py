@@ -1,6 +1,6 @@
 """Summarise a folder of runs (metrics.json / prune_report.json) as a Markdown table.
 
-    python experiments/summarize.py runs/issue3 [--save experiments/results/issue3]
+    python experiments/summarize.py runs/engine-amazon-1024 [--save results/engine-amazon-1024]
 
 `--save` copies each run's report (small JSON files, no weights) next to the table so the
 results can be committed.

@@ -112,7 +112,7 @@ def _warm() -> TrainConfig:
 
 def _prune_phase() -> TrainConfig:
     # 600 steps: Adam moves a log-alpha by ~lr per step, so gates need a few hundred steps to
-    # close whatever the budget (DESIGN 2.2); CoFi's weight lr for this phase is 2e-5.
+    # close whatever the budget (docs/method.md, hard-concrete gates); CoFi's weight lr for this phase is 2e-5.
     return TrainConfig(lr=2e-5, max_steps=600, eval_every=25)
 
 
@@ -140,7 +140,7 @@ class PruneConfig:
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
     # Keep a hidden width that is a multiple of this (the nearest one): CPU matmuls over odd
     # widths run at about half speed (benchmarks/round_hidden.py); FFN units fill the budget as
-    # usual. 1 = off (the issue-4 study ran with 1).
+    # usual. 1 = off.
     round_hidden: int = 32
     # lagrangian: learned multipliers (CoFi); shift: after each gate step one common offset of
     # every log-alpha makes the expected sparsity equal the target (gates/target_shift.py)

@@ -3,7 +3,7 @@
     L_c = lambda1 * (s_hat - t) + lambda2 * (s_hat - t)^2
 
 The gates minimise L_c and the lambdas maximise it (gradient ascent: their own AdamW with
-``maximize=True``). Neither log-alphas nor lambdas get weight decay (DESIGN 2.4).
+``maximize=True``). Neither log-alphas nor lambdas get weight decay.
 """
 
 from __future__ import annotations

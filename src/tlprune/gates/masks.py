@@ -1,4 +1,4 @@
-"""Final binary masks that hit the size budget exactly (DESIGN 2.5).
+"""Final binary masks that hit the size budget exactly (docs/method.md).
 
 budget = floor((1 - t) * full_size). The masks keep at most `budget` prunable parameters and
 less than one FFN unit's count below it:

@@ -172,7 +172,7 @@ def _numel(module) -> int:
 
 
 def param_report(model: TlpruneForSequenceClassification) -> dict[str, Any]:
-    """Parameter counts by kind and by layer, plus the prunable size of DESIGN 2.4.
+    """Parameter counts by kind and by layer, plus the prunable size (docs/method.md).
 
     `prunable` counts heads (4*d*d_h + 3*d_h each) and FFN units (2*d + 1 each) at the
     current hidden size d; b_O, b2, LayerNorms, embeddings and the head are reported beside it.

@@ -94,7 +94,7 @@ class AuxConfig:
 
 
 def _aux_stage() -> TrainConfig:
-    # One pass over a few thousand auxiliary examples (DESIGN's STILTs reference: 265 steps).
+    # One pass over a few thousand auxiliary examples (vader-movies: 265 steps).
     return TrainConfig(lr=5e-5, max_steps=265)
 
 

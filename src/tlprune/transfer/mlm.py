@@ -1,5 +1,5 @@
 """Masked-language modelling as an auxiliary task: a collator and a head whose
-vocabulary logits are computed at the masked positions only (DESIGN 2.9: a full-vocabulary
+vocabulary logits are computed at the masked positions only (a full-vocabulary
 head at every position costs more than the encoder)."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue 3 measurement: MiniLM on vader-amazon, budget 1024, seed 0: dense fine-tune vs cofi vs
+# Engine grid: MiniLM on vader-amazon, budget 1024, seed 0: dense fine-tune vs cofi vs
 # cofi-distill at sparsities 0.6 and 0.8. Resumable: finished runs are skipped, killed ones
 # continue from their checkpoints. The dense run doubles as the distillation teacher.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/issue3}
+OUT=${OUT:-runs/engine-amazon-1024}
 SEED=${SEED:-0}
 mkdir -p "$OUT"
 run() {  # run NAME ARGS...: skip if done, resume if partial

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6: pruned MiniLMs at sparsities 0.6 / 0.8 / 0.9 for the speed table (benchmarks/speed.py).
+# Pruned MiniLMs at sparsities 0.6 / 0.8 / 0.9 for the speed table (benchmarks/speed.py).
 # Speed depends only on the kept shapes, so phases are shortened (STEPS gate steps, 1 warm, 2
 # final epochs); accuracy of these models is not reported. Resumable like the other harnesses.
 set -uo pipefail

@@ -1,7 +1,7 @@
-"""Issue 4 measurement: vader-amazon, budget 256, sparsity 0.8, seeds 0-2; auxiliary
+"""Transfer grid: vader-amazon, budget 256, sparsity 0.8, seeds 0-2; auxiliary
 vader-movies (labelled) or MLM on all the target's training texts (mlm:target-train).
 
-    python experiments/issue4_transfer.py [--jobs 2] [--only REGEX] [--seeds 0 1 2]
+    python experiments/transfer_amazon256.py [--jobs 2] [--only REGEX] [--seeds 0 1 2]
 
 Methods: finetune (dense), cofi, stilts, joint, soft, sequential; then joint with the
 auxiliary in the warm fine-tune too (joint+warm) and with gradient-cosine weighting
@@ -51,7 +51,7 @@ def cells(seeds: list[int], steps: int) -> list[Cell]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/issue4"))
+    ap.add_argument("--out", type=Path, default=Path("runs/transfer-amazon-256"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300, help="gate steps of every pruning method")
     ap.add_argument("--jobs", type=int, default=1, help="cells at a time")
@@ -69,7 +69,7 @@ def main() -> int:
         stdout=subprocess.DEVNULL,
     )
     failed = run_grid(cells(args.seeds, args.steps), args.out, args.jobs, args.only)
-    results = root / "experiments" / "results" / args.out.name
+    results = root / "results" / args.out.name
     summarize = [sys.executable, str(root / "experiments" / "summarize.py"), str(args.out)]
     subprocess.run([*summarize, "--save", str(results)], check=False)
     return 1 if failed else 0
