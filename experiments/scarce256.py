@@ -1,6 +1,7 @@
 """Budget 256, sparsity 0.8 (and 0.6 for the retraining-free presets), seeds 0-2, on the three
 vader targets: the dense fine-tune (also the Fisher presets' teacher), then `fisher` and
-`fisher-ft` from that teacher, then cofi at its full preset schedule.
+`fisher-ft` from that teacher, then `fisher-stilts` (auxiliary vader-movies, unlabelled: the
+target's training texts), then cofi at its full preset schedule.
 
     python experiments/scarce256.py [--jobs 1] [--only REGEX] [--list]
 
@@ -36,6 +37,12 @@ def cells(seeds: list[int], out: Path) -> list[Cell]:
                     args = ["prune", "--preset", preset, *common, "--target", target]
                     args += ["--sparsity", sparsity, "--seed", str(seed), "--teacher", str(teacher)]
                     cs.append(Cell(f"{preset}-{SHORT[target]}-{sparsity}-s{seed}", args))
+    for seed in seeds:  # transfer through the dense model: STILTs teacher, Fisher masks, KL
+        for target in TARGETS:
+            args = ["prune", "--preset", "fisher-stilts", *common, "--target", target]
+            args += ["--sparsity", "0.8", "--seed", str(seed)]
+            args += ["--aux", "vader-movies", "--unlabelled", "target-train"]
+            cs.append(Cell(f"fisher-stilts-{SHORT[target]}-0.8-s{seed}", args))
     for target in TARGETS:
         for seed in seeds:
             args = ["prune", "--preset", "cofi", *common, "--target", target, "--sparsity", "0.8"]
