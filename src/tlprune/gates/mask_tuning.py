@@ -18,17 +18,15 @@ import torch
 from torch import Tensor
 
 
-class _Stop(Exception):
-    """Raised by a hook once the sublayer of interest has been seen: the rest is not needed."""
-
-
 @dataclass
-class _Capture:
-    """What the hooks saw of one sublayer on one batch."""
+class _Batch:
+    """One tuning batch as it travels through the sublayers: the dense model's hidden state,
+    the pruned model's (tuned so far), and what attention needs."""
 
-    x: Tensor | None = None  # the sublayer's input (the residual)
-    out: Tensor | None = None  # its output (dense model), before the residual and LayerNorm
-    units: Tensor | None = None  # per-unit activations entering the output projection
+    teacher_x: Tensor
+    student_x: Tensor
+    additive: Tensor | None
+    valid: Tensor  # [B, T] bool: the tokens that count (not padding)
 
 
 def _module(model, layer: int, kind: str):
@@ -36,33 +34,36 @@ def _module(model, layer: int, kind: str):
     return sub.attention if kind == "head" else sub.ffn
 
 
-def _run(model, batch, gates, layer: int, kind: str, want_units: bool) -> _Capture:
-    """Forward `batch` up to sublayer (`layer`, `kind`) and capture its input, output and,
-    for the pruned model, the per-unit activations."""
-    cap = _Capture()
+def _norm(model, layer: int, kind: str):
+    sub = model.tlprune.encoder.layers[layer]
+    return sub.attention_norm if kind == "head" else sub.ffn_norm
+
+
+def _start(student, teacher, batch: dict) -> _Batch:
+    from tlprune.modeling.modeling_tlprune import _additive_mask
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    types = batch.get("token_type_ids")
+    t = teacher.tlprune.embeddings(ids, types)
+    s = student.tlprune.embeddings(ids, types)
+    return _Batch(t, s, _additive_mask(mask, ids, t.dtype), mask.bool())
+
+
+def _sublayer(model, layer: int, kind: str, x: Tensor, additive, z) -> Tensor:
     module = _module(model, layer, kind)
+    return module(x, additive, z) if kind == "head" else module(x, z)
 
-    def on_input(_m, args):
-        cap.x = args[0]
 
-    def on_output(_m, _args, output):
-        cap.out = output
-        raise _Stop
+def _advance(student, teacher, batches: list[_Batch], layer: int, kind: str, z) -> None:
+    """Move every batch past sublayer (layer, kind): the dense model ungated, the pruned one
+    under its tuned masks `z` (post-LayerNorm, as in the model's forward)."""
+    from tlprune.modeling.modeling_tlprune import residual_norm
 
-    def on_units(_m, args):
-        cap.units = args[0]
-
-    handles = [module.register_forward_pre_hook(on_input), module.register_forward_hook(on_output)]
-    if want_units:
-        handles.append(module.output.register_forward_pre_hook(on_units))
-    try:
-        model(**batch, gates=gates)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return cap
+    for b in batches:
+        t_out = _sublayer(teacher, layer, kind, b.teacher_x, b.additive, None)
+        b.teacher_x = residual_norm(_norm(teacher, layer, kind), b.teacher_x, t_out, None, None)
+        s_out = _sublayer(student, layer, kind, b.student_x, b.additive, z)
+        b.student_x = residual_norm(_norm(student, layer, kind), b.student_x, s_out, None, None)
 
 
 def _normal_equations(model, layer: int, kind: str, units: Tensor, keep: Tensor, resid: Tensor):
@@ -103,52 +104,56 @@ def tune_masks(
     """Real-valued head and FFN-unit masks (0 where `masks` is 0) for `student` (the dense
     model, run with the masks as gates) that reconstruct `teacher`'s sublayer outputs.
 
-    `batches()` yields fresh iterations over the tuning texts (no labels needed). A sublayer
-    keeps its binary masks when the least-squares solution would not lower its error.
+    `batches()` yields the tuning texts (labels are ignored); each batch is carried through
+    the sublayers once, so the cost is about one forward pass of both models. A sublayer keeps
+    its binary masks when the least-squares solution would not lower its error.
     """
     student.eval()
     teacher.eval()
     scales = {k: masks[k].clone().float() for k in ("head", "ffn_unit")}
     before, after = {}, {}
-    for layer in range(student.config.num_hidden_layers):
-        for kind in ("head", "ffn_unit"):
-            keep = masks[kind][layer].bool()
-            name = f"{kind}.{layer}"
-            if not keep.any():
-                continue
-            m, err0, err1 = _solve(
-                student, teacher, scales, layer, kind, keep, batches, damping, clamp
-            )
-            before[name], after[name] = err0, err1
-            if err1 < err0:
-                scales[kind][layer, keep] = m.to(scales[kind].dtype)
-            else:
-                after[name] = err0
+    with torch.no_grad():
+        states = [_start(student, teacher, b) for b in batches()]
+        for layer in range(student.config.num_hidden_layers):
+            for kind in ("head", "ffn_unit"):
+                keep = masks[kind][layer].bool()
+                name = f"{kind}.{layer}"
+                if keep.any():
+                    m, err0, err1 = _solve(
+                        student, teacher, states, layer, kind, keep, damping, clamp
+                    )
+                    before[name], after[name] = err0, err1
+                    if err1 < err0:
+                        scales[kind][layer, keep] = m.to(scales[kind].dtype)
+                    else:
+                        after[name] = err0
+                _advance(student, teacher, states, layer, kind, scales[kind][layer])
     return scales, TuneStats(before=before, after=after)
 
 
-@torch.no_grad()
-def _solve(student, teacher, scales, layer, kind, keep, batches, damping, clamp):
+def _solve(student, teacher, states, layer, kind, keep, damping, clamp):
     """Least-squares masks of one sublayer, and its error with binary and with tuned masks."""
-    gates = {k: v.clone() for k, v in scales.items()}
-    gates[kind][layer] = keep.float()  # this sublayer's own masks start from binary
     k = int(keep.sum())
     gram = torch.zeros(k, k, dtype=torch.float64)
     rhs = torch.zeros(k, dtype=torch.float64)
     rr, count = 0.0, 0
-    for batch in batches():
-        batch = {n: v for n, v in batch.items() if n != "labels"}
-        valid = batch["attention_mask"].bool()
-        t = _run(teacher, batch, None, layer, kind, want_units=False)
-        s = _run(student, batch, gates, layer, kind, want_units=True)
-        bias = _module(student, layer, kind).output.bias
-        target = (t.x + t.out)[valid].double()
-        resid = target - s.x[valid].double() - bias.double()
-        g, r = _normal_equations(student, layer, kind, s.units[valid], keep, resid)
-        gram += g
-        rhs += r
-        rr += float((resid**2).sum())
-        count += resid.numel()
+    module = _module(student, layer, kind)
+    seen: list[Tensor] = []
+    hook = module.output.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        for b in states:
+            t_out = _sublayer(teacher, layer, kind, b.teacher_x, b.additive, None)
+            seen.clear()  # the units entering the output projection, under binary masks
+            _sublayer(student, layer, kind, b.student_x, b.additive, keep.float())
+            target = (b.teacher_x + t_out)[b.valid].double()
+            resid = target - b.student_x[b.valid].double() - module.output.bias.double()
+            g, r = _normal_equations(student, layer, kind, seen[0][b.valid], keep, resid)
+            gram += g
+            rhs += r
+            rr += float((resid**2).sum())
+            count += resid.numel()
+    finally:
+        hook.remove()
     ones = torch.ones(k, dtype=torch.float64)
 
     def err(m):  # ||A m - r||^2 from the sufficient statistics
