@@ -1,7 +1,9 @@
 """Budget 256, sparsity 0.8 (and 0.6 for the retraining-free presets), seeds 0-2, on the three
 vader targets: the dense fine-tune (also the Fisher presets' teacher), then `fisher` and
 `fisher-ft` from that teacher, then `fisher-stilts` (auxiliary vader-movies, unlabelled: the
-target's training texts), then cofi at its full preset schedule.
+target's training texts), cofi with `prune.constraint=shift` on the schedule of the transfer
+grid's cofi cells (300 gate steps, round_hidden 1: results/transfer-amazon-256 holds their
+Lagrangian twins), then cofi at its full preset schedule.
 
     python experiments/scarce256.py [--jobs 1] [--only REGEX] [--list]
 
@@ -37,6 +39,11 @@ def cells(seeds: list[int], out: Path) -> list[Cell]:
                     args = ["prune", "--preset", preset, *common, "--target", target]
                     args += ["--sparsity", sparsity, "--seed", str(seed), "--teacher", str(teacher)]
                     cs.append(Cell(f"{preset}-{SHORT[target]}-{sparsity}-s{seed}", args))
+    for seed in seeds:  # the constraint by projection, on the transfer grid's cofi schedule
+        args = ["prune", "--preset", "cofi", *common, "--target", "vader-amazon"]
+        args += ["--sparsity", "0.8", "--seed", str(seed), "prune.constraint=shift"]
+        args += ["prune.prune.max_steps=300", "prune.round_hidden=1"]
+        cs.append(Cell(f"cofi-shift300-amazon-0.8-s{seed}", args))
     for seed in seeds:  # transfer through the dense model: STILTs teacher, Fisher masks, KL
         for target in TARGETS:
             args = ["prune", "--preset", "fisher-stilts", *common, "--target", target]
