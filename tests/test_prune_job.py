@@ -340,3 +340,26 @@ def test_resume_accepts_a_key_added_later_at_its_default(tmp_path, tiny_bert_dir
     changed = tiny_cfg(tiny_bert_dir, data, out, "prune.round_hidden=8")
     with pytest.raises(TlpruneError, match="different config"):
         check_workdir(changed, out, resume=True)
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_unreachable_hub_is_one_line(tmp_path, data, capsys, monkeypatch, offline):
+    """A hub id that is neither cached nor reachable fails at once, in one line that names the
+    fix, before any hub client retries; nothing is written."""
+    from huggingface_hub import constants
+
+    from tlprune.models import check_hub
+
+    check_hub.cache_clear()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    out = tmp_path / "run"
+    code = main(["prune", "--model", "someone/missing-model", "--target", str(data), "--budget",
+                 "60", "--smoke", "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "minilm" in err
+    assert ("HF_HUB_OFFLINE" in err) == offline and ("cannot reach" in err) == (not offline)
+    assert not out.exists() and not out.with_name("run.partial").exists()
+    check_hub.cache_clear()

@@ -112,7 +112,8 @@ def _warm() -> TrainConfig:
 
 def _prune_phase() -> TrainConfig:
     # 600 steps: Adam moves a log-alpha by ~lr per step, so gates need a few hundred steps to
-    # close whatever the budget (docs/method.md, hard-concrete gates); CoFi's weight lr for this phase is 2e-5.
+    # close whatever the budget (docs/method.md, hard-concrete gates); CoFi's weight lr for
+    # this phase is 2e-5.
     return TrainConfig(lr=2e-5, max_steps=600, eval_every=25)
 
 

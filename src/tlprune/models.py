@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -33,11 +34,40 @@ def resolve_model(name: str) -> str:
             )
         return str(path)
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        return name  # a hub id; loading reports whether the hub can serve it
+        check_hub(name)
+        return name  # a hub id: cached, or the hub answers
     raise ModelError(
         f"unknown model {name!r}: use an alias {sorted(ALIASES)}, a model directory, "
         "or a hub id owner/name"
     )
+
+
+@functools.lru_cache(maxsize=64)
+def check_hub(name: str) -> None:
+    """Fail in one line, before the hub client's retries, when hub id `name` can be neither read
+    from the local cache nor fetched (offline mode, or the hub does not answer in seconds)."""
+    import urllib.request
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # in the local cache: loads without a network
+    fix = "give a local model directory, or the bundled alias minilm"
+    if constants.HF_HUB_OFFLINE:
+        raise ModelError(
+            f"model {name!r} is not in the local Hugging Face cache and the hub is off "
+            f"(HF_HUB_OFFLINE is set): {fix}"
+        )
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=5)
+    except urllib.error.HTTPError:
+        return  # the hub answered (an error status still means it is reachable)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ModelError(
+            f"cannot reach the Hugging Face hub at {constants.ENDPOINT} to fetch {name!r} "
+            f"({reason}): {fix}"
+        ) from None
 
 
 def read_config(name: str) -> dict:

@@ -9,8 +9,8 @@ A gate dict may hold any subset of the kinds: a missing kind is always open. A h
 4*d_h*d_kept weights (its Q, K, V columns and O rows) and 3*d_h biases (Q, K, V); an FFN unit
 2*d_kept weights (a column of W1, a row of W2) and 1 bias (b1), where d_kept is the number of
 kept hidden dimensions (d without hidden gates). b_O, b2, LayerNorms and embeddings are not
-counted (docs/method.md, prunable size). A head counts only when its mha gate is open too, an FFN unit only when
-its ffn gate is open.
+counted (docs/method.md, prunable size). A head counts only when its mha gate is open too, an
+FFN unit only when its ffn gate is open.
 """
 
 from __future__ import annotations
