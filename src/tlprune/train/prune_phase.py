@@ -8,6 +8,7 @@ evaluated with the exact-budget binary masks of the moment (what would ship), an
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,18 @@ class PrunePhaseResult:
     target: float
     seconds: float
     warnings: list[str]
+
+
+def _resumed_epoch(batches: Any) -> Any:
+    """The rest of an epoch resumed from a checkpoint. A DataLoader draws a seed from torch's
+    global RNG when an iterator starts; the uninterrupted run drew it at the epoch's start,
+    before the checkpoint saved that RNG, so the draw is undone here (dropout then replays)."""
+    it = iter(batches)
+    with torch.random.fork_rng(devices=[]):
+        first = next(it, None)  # Accelerate's loaders start (and look one batch ahead) here
+    if first is not None:
+        yield first
+        yield from it
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -232,6 +245,9 @@ def run_prune_phase(
             ckpt.save(progress, modules, optimizers, extra)
         accelerator.wait_for_everyone()
 
+    # TLPRUNE_KILL_AT_STEP=N (for tests): SIGKILL this process after prune step N, so a
+    # resume in a new process can be checked against an uninterrupted run
+    kill_at = int(os.environ.get("TLPRUNE_KILL_AT_STEP") or 0)
     started = time.perf_counter()
     log = MetricsLog(log_path, accelerator)
     bar = tqdm(
@@ -250,7 +266,7 @@ def run_prune_phase(
             )
             batches.set_epoch(progress.epoch)
             gm.train()
-            for batch in batches:
+            for batch in _resumed_epoch(batches) if progress.batch_in_epoch else batches:
                 target = schedule(progress.step)
                 teacher_out = None
                 if teacher is not None:
@@ -329,6 +345,8 @@ def run_prune_phase(
                     save_checkpoint()
                 if on_step is not None:
                     on_step(progress.step)
+                if progress.step == kill_at:  # tests only: die here as `kill -9` would
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if progress.step >= steps:
                     break
             else:
