@@ -17,13 +17,15 @@ def rows(root: Path):
         if (d / "prune_report.json").is_file():
             r = json.loads((d / "prune_report.json").read_text())
             sp, pruned = r["sparsity"], r["params"]["pruned"]
+            expected = sp["expected_at_end"]  # None without gates (fisher presets)
+            expected = "-" if expected is None else f"{expected:.3f}"
             yield (
                 d,
                 "prune_report.json",
                 (
                     f"| {d.name} | {r['preset']} | {r['test']['accuracy']:.4f} | "
                     f"{r['test']['macro_f1']:.4f} | {sp['target']} | {sp['achieved']:.4f} | "
-                    f"{sp['expected_at_end']:.3f} | {pruned['total']:,} | {pruned['num_layers']}/"
+                    f"{expected} | {pruned['total']:,} | {pruned['num_layers']}/"
                     f"{pruned['heads']}/{pruned['ffn_units']}/{pruned['hidden']} | "
                     f"{r['seconds']['total']:.0f} |"
                 ),

@@ -26,9 +26,11 @@ def test_shift_reaches_the_target_and_keeps_the_differences(target):
         assert torch.allclose((v - before[k])[inside], torch.full_like(v, c)[inside], atol=1e-6)
 
 
-def test_shift_run_tracks_its_target_at_every_step(tmp_path, tiny_bert_dir):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_shift_run_tracks_its_target_at_every_step(tmp_path, tiny_bert_dir, accum):
     data = sentiment_csv(tmp_path / "d.csv")
-    run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run", "prune.constraint=shift"))
+    extra = ("prune.constraint=shift", f"prune.prune.grad_accum={accum}")
+    run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run", *extra))
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r.get("phase") == "prune" and "expected_sparsity" in r]
     assert len(steps) == 6

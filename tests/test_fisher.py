@@ -131,8 +131,21 @@ def test_mask_tuning_lowers_the_reconstruction_error(tiny_bert_dir):
     grads = collect_mask_grads(model, _batches(4))
     masks = search_masks(grads.diagonal(), sizes, math.floor(0.5 * sizes.full_size))
     scales, stats = tune_masks(model, model, masks, lambda: _batches(4, seed=1))
-    assert stats.before and all(stats.after[k] <= stats.before[k] for k in stats.before)
-    assert sum(stats.after.values()) < sum(stats.before.values())
+    assert stats.before and sum(stats.after.values()) < sum(stats.before.values())
+
+    # measured independently of the solver's statistics: the last hidden state of the pruned
+    # model moves towards the dense model's on the tuning texts
+    def distance(gates):
+        total = 0.0
+        with torch.no_grad():
+            for b in _batches(4, seed=1):
+                inputs = {k: v for k, v in b.items() if k != "labels"}
+                want = model.tlprune(**inputs).last_hidden_state
+                got = model.tlprune(**inputs, gates=gates).last_hidden_state
+                total += float(((want - got) ** 2).sum())
+        return total
+
+    assert distance(scales) < distance(masks)
     for kind in ("head", "ffn_unit"):  # removed units stay removed
         assert torch.all(scales[kind][masks[kind] == 0] == 0)
 
@@ -390,3 +403,52 @@ def test_unlabelled_weight_zero_draws_nothing_and_equals_plain_fine_tune(
     assert not any("distill/unlabelled_kl" in r for r in rows(off))
     assert any("distill/unlabelled_kl" in r for r in rows(on))
     assert off.report["distill_unlabelled"] == 0 and on.report["distill_unlabelled"] == 1.0
+
+
+def test_pruning_leaves_a_tlprune_teacher_unchanged(tmp_path, tiny_bert_dir, data):
+    """Tuning and folding work on a copy: the teacher still distils afterwards."""
+    import tlprune.train.fisher_job as job
+
+    cfg = _fisher_cfg(tiny_bert_dir, data, tmp_path / "run")
+    teacher = _dense(tiny_bert_dir)  # a TlpruneForSequenceClassification, as STILTs builds
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    run = job._Run(cfg, *_task_budget_tokenizer(cfg), None, tmp_path / "log.jsonl")
+    run.aux_data = []
+    from tlprune.train.metrics_log import make_accelerator
+
+    run.accelerator = make_accelerator("no")
+    run.prune(teacher, [])
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _task_budget_tokenizer(cfg):
+    from tlprune.data.sources import load_task
+    from tlprune.data.split import draw_budget
+    from tlprune.models import load_tokenizer
+
+    task = load_task(cfg.data)
+    budget = draw_budget(task.train["label"], cfg.data.budget, cfg.seed, 0.2, task.num_labels)
+    return task, budget, load_tokenizer(cfg.model.name)
+
+
+def test_built_teacher_is_the_finetune_presets_model(tmp_path, tiny_bert_dir, data):
+    ft = tmp_path / "ft"
+    assert main(["finetune", "--model", str(tiny_bert_dir), "--target", str(data), "--budget",
+                 "60", "--out", str(ft), "train.max_steps=3"]) == 0  # fmt: skip
+    result = run_fisher(_fisher_cfg(tiny_bert_dir, data, tmp_path / "run"))
+    metrics = json.loads((ft / "metrics.json").read_text())
+    teacher = result.report["teacher"]
+    assert (
+        teacher["built"] and teacher["dev"] == metrics["dev"] and teacher["test"] == metrics["test"]
+    )
+
+
+def test_a_pruned_teacher_is_refused(tmp_path, tiny_bert_dir, data, capsys):
+    pruned = tmp_path / "pruned"
+    assert _cli(tiny_bert_dir, data, pruned) == 0
+    out = tmp_path / "run"
+    code = _cli(tiny_bert_dir, data, out, "--teacher", str(pruned))
+    err = capsys.readouterr().err
+    assert code == 2 and "already pruned" in err and "Traceback" not in err, err
+    assert not out.exists() and not out.with_name("run.partial").exists()

@@ -245,7 +245,8 @@ def test_export_onnx_cli(tmp_path, tiny_bert_dir, data, capsys):
     assert main(["export", str(tmp_path / "nowhere"), "--onnx"]) == 2
 
 
-def test_two_process_cpu_prune(tmp_path, tiny_bert_dir, data):
+@pytest.mark.parametrize("constraint", ["lagrangian", "shift"])
+def test_two_process_cpu_prune(tmp_path, tiny_bert_dir, data, constraint):
     """Data-parallel on 2 CPU processes (gloo). `accelerate launch --cpu` starts one process
     unless mpirun is set up, so this uses torchrun, which `accelerate launch` wraps on GPUs."""
     import os
@@ -275,6 +276,7 @@ def test_two_process_cpu_prune(tmp_path, tiny_bert_dir, data):
         "--out",
         str(out),
         "--smoke",
+        f"prune.constraint={constraint}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -224,8 +224,8 @@ class FisherConfig:
     def __post_init__(self) -> None:
         if self.examples < 1 or self.tune_examples < 1 or self.batch_size < 1:
             raise ConfigError("fisher.examples, tune_examples and batch_size must be >= 1")
-        if self.damping < 0:
-            raise ConfigError(f"fisher.damping must be >= 0, got {self.damping}")
+        if self.damping <= 0:  # a unit that is always 0 makes the normal equations singular
+            raise ConfigError(f"fisher.damping must be > 0, got {self.damping}")
 
 
 # The transfer settings live in their own module (one concept per file); they need TrainConfig.

@@ -5,8 +5,9 @@ The Lagrangian's multipliers, learned by an optimizer, lag and then overshoot: A
 every log-alpha by about its lr per step whatever the constraint's gradient, so the gates
 travel from their start in lockstep, cross the sigmoid's steep region together and close far
 past the target (measured: 0.03 at step 93 while the target was 0.42, then 0.92 against 0.80).
-The shift keeps what the task loss learned (the log-alphas' differences) and decides only the
-common level, which expected sparsity, being monotone in it, fixes by bisection.
+The shift keeps what the task loss learned (the log-alphas' differences, for gates inside the
+clamp range; a gate at a bound stays there) and decides only the common level, which
+expected sparsity, being monotone in it, fixes by bisection.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ rearrangement within layers -> layer-wise least-squares mask tuning, folded into
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -70,8 +71,14 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
     )
     tokenizer = load_tokenizer(cfg.model.name)
     unlabelled = load_unlabelled(cfg.data.unlabelled, task, budget, cfg.seed)
+    if cfg.train.mixed_precision != cfg.prune.final.mixed_precision:
+        raise TlpruneError(
+            "train.mixed_precision and prune.final.mixed_precision differ: one run uses one "
+            "precision; set the same value for both"
+        )
     if cfg.distill.teacher:
-        load_teacher(Path(cfg.distill.teacher), task.label_names)  # fail before writing
+        path = Path(cfg.distill.teacher)
+        _check_dense(load_teacher(path, task.label_names), path)  # fail before writing
     aux_data = _check_transfer(cfg, task, budget, tokenizer)
     if not resume:
         start_workdir(cfg, work)
@@ -158,6 +165,7 @@ class _Run:
             _save_main(self.accelerator, dense, tdir)
             built = True
         teacher = _load_dense(tdir, task.label_names)
+        _check_dense(teacher, tdir)
         dev, test = self.eval_loaders()
         info = {
             "dir": str(given) if given else "built by this run",
@@ -270,7 +278,8 @@ class _Run:
         from tlprune.surgery import prune_model
 
         fc = self.cfg.fisher
-        dense = _as_tlprune(teacher).eval()
+        # a copy: tuning and folding rewrite its weights, and the teacher still distils later
+        dense = copy.deepcopy(_as_tlprune(teacher)).eval()
         sizes = unit_sizes(dense.config)
         budget = math.floor((1 - self.cfg.prune.sparsity) * sizes.full_size)
         rows, counts = self._scoring_rows(teacher, unlabelled)
@@ -324,7 +333,9 @@ class _Run:
                 "test": truncated_fraction(self.tokenizer, task.test, task.max_length)
             },
             "warnings": [],
-            "distill": False,
+            "distill": bool(
+                self.cfg.fisher.final and unlabelled and self.cfg.distill.unlabelled_weight
+            ),
             "teacher": teacher_info,
             "unlabelled": [
                 {"name": u.name, "texts": len(u.texts), "notes": u.notes} for u in unlabelled
@@ -368,6 +379,17 @@ def _load_dense(path: Path, label_names: list[str]):
     if json.loads((path / "config.json").read_text()).get("model_type") == "tlprune":
         return TlpruneForSequenceClassification.from_pretrained(path).eval()
     return load_teacher(path, label_names)
+
+
+def _check_dense(model, path: Path) -> None:
+    """The fisher presets score a dense model: every layer whole, all alike."""
+    cfg = _as_tlprune(model).config
+    whole = all(cfg.mha_present) and all(cfg.ffn_present)
+    if not whole or len(set(cfg.heads_per_layer)) > 1 or len(set(cfg.ffn_per_layer)) > 1:
+        raise TlpruneError(
+            f"the teacher {path} is already pruned: the fisher presets need the dense model "
+            "(a fine-tuned BERT/RoBERTa directory, or none to fine-tune one first)"
+        )
 
 
 def _check_transfer(cfg: RunConfig, task, budget, tokenizer) -> list:

@@ -64,6 +64,8 @@ def train_classifier(
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    if branch is not None and extra_loss is not None:
+        raise ValueError("train_classifier takes an auxiliary branch or an extra loss, not both")
     set_trainable(model, cfg.freeze)
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     params = [p for p in model.parameters() if p.requires_grad]

@@ -81,7 +81,9 @@ class GatedModel(nn.Module):
         else:
             task = F.cross_entropy(out.logits, labels)
         s_hat = self.gates.expected_sparsity().to(task.dtype)
-        lag = s_hat.new_zeros(()) if self.shift else self.lagrangian(s_hat, target)
+        lag = self.lagrangian(s_hat, target)
+        if self.shift:  # unused, but in the graph: several processes (DDP) need every parameter
+            lag = 0 * lag
         parts.update(task=task.detach(), lagrangian=lag.detach(), expected_sparsity=s_hat.detach())
         loss = task + lag
         if self.branch is not None:
@@ -300,7 +302,7 @@ def run_prune_phase(
                         opt.step()
                         opt.zero_grad()
                 inner.gates.clamp_()
-                if shift:  # the next step's forward sees its target's expected sparsity
+                if shift and accelerator.sync_gradients:  # the next step sees its own target
                     shift_to_target(inner.gates, schedule(progress.step + 1))
                 if branch is not None and inner.branch.gates is not None:
                     inner.branch.gates.clamp_()
