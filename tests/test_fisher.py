@@ -247,12 +247,12 @@ def test_tool_built_teacher_is_reused_on_resume(tmp_path, tiny_bert_dir, data, m
     assert out.is_dir() and not out.with_name("run.partial").exists()
 
 
-def _cli(tiny_bert_dir, data, out, *extra):
+def _cli(tiny_bert_dir, data, out, *extra, preset="fisher"):
     return main(
         [
             "prune",
             "--preset",
-            "fisher",
+            preset,
             "--model",
             str(tiny_bert_dir),
             "--target",
@@ -331,24 +331,7 @@ def test_fisher_bad_input(tmp_path, tiny_bert_dir, data, capsys, extra, fragment
 
 def test_unlabelled_is_refused_by_the_gate_presets(tmp_path, tiny_bert_dir, data, capsys):
     out = tmp_path / "run"
-    code = main(
-        [
-            "prune",
-            "--preset",
-            "cofi",
-            "--model",
-            str(tiny_bert_dir),
-            "--target",
-            str(data),
-            "--out",
-            str(out),
-            "--budget",
-            "60",
-            "--smoke",
-            "--unlabelled",
-            "target-train",
-        ]
-    )
+    code = _cli(tiny_bert_dir, data, out, "--unlabelled", "target-train", preset="cofi")
     err = capsys.readouterr().err
     assert code == 2 and "--unlabelled" in err and not out.exists()
 

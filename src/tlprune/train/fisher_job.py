@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from tlprune.config import RunConfig
-from tlprune.data.collate import ClassificationCollator, truncated_fraction
+from tlprune.data.collate import ClassificationCollator
 from tlprune.data.metrics import classification_metrics
 from tlprune.data.sources import load_task
 from tlprune.data.split import draw_budget
@@ -34,6 +34,7 @@ from tlprune.train.prune_job import (
     PruneResult,
     _save_main,
     _write_outputs,
+    base_report,
     check_architecture,
     check_workdir,
     default_out,
@@ -321,17 +322,9 @@ class _Run:
 
         cfg, task, budget = self.cfg, self.task, self.budget
         return {
-            "preset": cfg.preset,
-            "model": cfg.model.name,
-            "target": task.name,
-            "labels": task.label_names,
-            "seed": cfg.seed,
-            "budget": {"size": budget.size, "train": len(budget.train), "dev": len(budget.dev)},
+            **base_report(cfg, task, budget, self.tokenizer),
             "sparsity": info["sparsity"],
             "params": {"dense": param_report(_as_tlprune(teacher)), "pruned": param_report(small)},
-            "truncated_fraction": {
-                "test": truncated_fraction(self.tokenizer, task.test, task.max_length)
-            },
             "warnings": [],
             "distill": bool(
                 self.cfg.fisher.final and unlabelled and self.cfg.distill.unlabelled_weight
@@ -359,8 +352,6 @@ class _Run:
                 self.cfg.distill.unlabelled_weight if self.cfg.fisher.final and unlabelled else 0.0
             ),
             "processes": 1,
-            "smoke": cfg.smoke,
-            "notes": task.notes,
         }
 
 

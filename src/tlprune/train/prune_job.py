@@ -421,12 +421,7 @@ def run_prune(
     small_report = param_report(small)
     seconds["total"] = time.perf_counter() - started
     report = {
-        "preset": cfg.preset,
-        "model": cfg.model.name,
-        "target": task.name,
-        "labels": task.label_names,
-        "seed": cfg.seed,
-        "budget": {"size": budget.size, "train": len(budget.train), "dev": len(budget.dev)},
+        **base_report(cfg, task, budget, tokenizer),
         "sparsity": {
             "target": cfg.prune.sparsity,
             "achieved": phase.masks.sparsity,
@@ -440,9 +435,6 @@ def run_prune(
         "test": test,
         "steps": {"prune": phase.steps, "prune_best": phase.best_step, "final": loop.steps},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "truncated_fraction": {
-            "test": truncated_fraction(tokenizer, task.test, task.max_length),
-        },
         "warnings": phase.warnings,
         "distill": cfg.distill.enabled,
         "transfer": {
@@ -463,8 +455,6 @@ def run_prune(
             "adapt": tc.adapt,
         },
         "processes": accelerator.num_processes,
-        "smoke": cfg.smoke,
-        "notes": task.notes,
     }
     accelerator.end_training()
     if accelerator.is_main_process:
@@ -472,6 +462,23 @@ def run_prune(
             work, out, small, tokenizer, cfg, report, phase.masks.masks, logits, labels, budget
         )
     return PruneResult(model=small, tokenizer=tokenizer, report=report, out_dir=out)
+
+
+def base_report(cfg: RunConfig, task, budget, tokenizer) -> dict:
+    """What every prune report starts with: the run, its data and budget."""
+    return {
+        "preset": cfg.preset,
+        "model": cfg.model.name,
+        "target": task.name,
+        "labels": task.label_names,
+        "seed": cfg.seed,
+        "budget": {"size": budget.size, "train": len(budget.train), "dev": len(budget.dev)},
+        "truncated_fraction": {
+            "test": truncated_fraction(tokenizer, task.test, task.max_length),
+        },
+        "smoke": cfg.smoke,
+        "notes": task.notes,
+    }
 
 
 def _save_main(accelerator, model, path: Path, tensors: dict | None = None) -> None:
