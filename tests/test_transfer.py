@@ -491,7 +491,9 @@ def test_bad_transfer_input_via_cli(tmp_path, tiny_bert_dir, data, aux, capsys, 
     assert not out.exists() and not out.with_name("run.partial").exists()
 
 
-@pytest.mark.parametrize("preset", ["stilts", "sequential", "joint", "soft", "transfer"])
+@pytest.mark.parametrize(
+    "preset", ["stilts", "sequential", "joint", "soft", "transfer", "fisher-stilts"]
+)
 def test_transfer_presets_run_end_to_end(tmp_path, tiny_bert_dir, data, aux, preset):
     out = tmp_path / preset
     specs = ["--aux", str(aux), "--aux", "mlm:target@0.5", "--aux", f"reg:{aux}@0.3"]
@@ -507,7 +509,9 @@ def test_transfer_presets_run_end_to_end(tmp_path, tiny_bert_dir, data, aux, pre
     losses -= {"aux/expected_sparsity", "aux/weight_distance", "aux/mask_distance"}
     assert losses == {f"aux/{aux}", "aux/mlm:target-texts", f"aux/reg:{aux}"}, losses
     assert report["transfer"]["aux"][1]["weight"] == 0.5
-    if report["transfer"]["coupling"] == "sequential":  # stilts, sequential, transfer
+    if (
+        report["transfer"]["coupling"] == "sequential"
+    ):  # stilts, sequential, transfer, fisher-stilts
         assert report["transfer"]["aux_stage_steps"] == 4  # smoke
     if preset == "sequential":
         assert report["steps"]["prune"] == 0  # A's masks, fixed; T fine-tunes the small model

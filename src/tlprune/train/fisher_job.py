@@ -138,6 +138,7 @@ class _Run:
         self.cfg, self.task, self.budget = cfg, task, budget
         self.tokenizer, self.accelerator, self.log_path = tokenizer, accelerator, log_path
         self.collate = ClassificationCollator(tokenizer, task.max_length)
+        self.aux_data: list = []
 
     def loaders(self, phase: int, train_cfg):
         """Seeded loaders, as the gate-based prune job makes them for the same phase."""
@@ -337,6 +338,7 @@ class _Run:
             "transfer": {
                 "coupling": "sequential" if self.aux_data else "none",
                 "variant": "teacher" if self.aux_data else None,
+                "aux_stage_steps": cfg.transfer.aux_stage.max_steps if self.aux_data else 0,
                 "aux": [
                     {
                         "name": d.name,
@@ -400,10 +402,9 @@ def _check_transfer(cfg: RunConfig, task, budget, tokenizer) -> list:
             + (", --teacher" if cfg.distill.teacher else "")
         )
     tc.check_ready(cfg.prune)
-    if any(a.task == "mlm" for a in tc.aux):
+    if any(a.task == "mlm" for a in tc.aux) and tokenizer.mask_token_id is None:
         raise TlpruneError(
-            "the fisher presets' teacher stage takes labelled or regression auxiliaries; give "
-            "unlabelled text as --unlabelled SOURCE"
+            f"the tokenizer of {cfg.model.name} has no mask token: MLM auxiliaries need one"
         )
     aux = [load_aux(a, task, budget, cfg.seed) for a in tc.aux]
     for d, name in zip(aux, unique_names([d.name for d in aux]), strict=True):
