@@ -104,6 +104,22 @@ def evaluate(model_dir: str | Path, target: str, **data: object) -> dict:
     return run_eval(model_dir, DataConfig(target=target, budget=None, **data))  # type: ignore[arg-type]
 
 
+def export(
+    model_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    onnx: bool = False,
+    int8: bool = False,
+    trim_vocab: list[str] | None = None,
+    overwrite: bool = False,
+):
+    """Deployable variants of a saved pruned model (see tlprune.train.export_job.export):
+    `trim_vocab=[]` trims to the run's own texts, a list of sources to those texts."""
+    from tlprune.train.export_job import export as _export
+
+    return _export(model_dir, out, onnx=onnx, int8=int8, trim_vocab=trim_vocab, overwrite=overwrite)
+
+
 def load(model_dir: str | Path):
     """(model, tokenizer) of a saved pruned model, in float32, without trust_remote_code."""
     from tlprune.surgery import load as _load
@@ -119,6 +135,7 @@ __all__ = [
     "PruneResult",
     "RunConfig",
     "evaluate",
+    "export",
     "finetune",
     "load",
     "prune",

@@ -255,17 +255,45 @@ def eval_(
 def export(
     model_dir: Annotated[Path, typer.Argument(help="A pruned model directory.")],
     onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (ONNX Runtime).")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Output file.")] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Write model.int8.onnx (ONNX Runtime dynamic int8).")
+    ] = False,
+    trim_vocab: Annotated[
+        bool,
+        typer.Option(
+            "--trim-vocab",
+            help="Keep only the tokens of the run's target training texts and unlabelled sources "
+            "(or of --trim-source texts); other tokens map to [UNK].",
+        ),
+    ] = False,
+    trim_source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trim-source",
+            help="Texts whose tokens to keep (repeatable): target-train, a .txt file or a "
+            "dataset; implies --trim-vocab.",
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory.")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Export a pruned model; `--onnx` writes an ONNX graph checked in onnxruntime."""
-    from tlprune.surgery import export_onnx
+    """Deployable variants of a pruned model: ONNX, int8, vocabulary trimming."""
+    from tlprune.api import export as run
 
-    if not onnx:
-        raise TlpruneError("choose an export format: --onnx")
-    if not (model_dir / "config.json").is_file():
-        raise TlpruneError(f"{model_dir} has no config.json: give a saved model directory")
-    path = export_onnx(model_dir, out or model_dir / "model.onnx")
-    print(f"wrote {path}")
+    sources = list(trim_source) if trim_source else ([] if trim_vocab else None)
+    result = run(model_dir, out, onnx=onnx, int8=int8, trim_vocab=sources, overwrite=overwrite)
+    r = result.report
+    for name, size in r.get("files", {}).items():
+        if name.endswith((".onnx", ".safetensors")):
+            acc = r.get("test_accuracy", {}).get(name)
+            extra = f", test accuracy {acc:.2%}" if acc is not None else ""
+            print(f"{result.out_dir / name}: {size / 2**20:.1f} MiB{extra}")
+    if "vocab" in r:
+        unk = r.get("test_unk_fraction")
+        print(
+            f"vocabulary {r['vocab']['before']:,} -> {r['vocab']['after']:,} tokens"
+            + (f"; {unk:.2%} of the test tokens fall to [UNK]" if unk is not None else "")
+        )
 
 
 @app.command()
