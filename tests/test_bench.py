@@ -62,15 +62,13 @@ def test_bench_pruned_against_dense_eager_and_onnxruntime(tiny_bert_dir, tmp_pat
     from tlprune.bench import BenchConfig, bench, format_table
 
     pruned = _pruned_dir(tiny_bert_dir, tmp_path)
-    cfg = BenchConfig(backends=["eager", "onnxruntime"], shapes=[[1, 8], [4, 16]], threads=1)
+    backends = ["eager", "onnxruntime", "onnxruntime-int8"]
+    cfg = BenchConfig(backends=backends, shapes=[[1, 8], [4, 16]], threads=1)
     info = bench(pruned, str(tiny_bert_dir), cfg, tmp_path / "b.json", progress=False)
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["results"] == info["results"] and not info["skipped"]
     assert [(r["backend"], r["batch"]) for r in info["results"]] == [
-        ("eager", 1),
-        ("eager", 4),
-        ("onnxruntime", 1),
-        ("onnxruntime", 4),
+        (b, n) for b in backends for n in (1, 4)
     ]
     for r in info["results"]:
         assert r["flops_ratio"] > 1 and r["speedup"] > 0
