@@ -120,3 +120,32 @@ def test_export_without_tokenizer_or_onnxruntime(tmp_path, pruned, capsys, monke
     )
     assert main(["export", str(pruned), "--int8", "--out", str(tmp_path / "y")]) == 2
     assert "ONNX Runtime" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_smallest_variant_runs_without_tlprune(tmp_path, pruned):
+    """examples/run_exported.py runs the trimmed int8 model with onnxruntime and tokenizers
+    alone: none of tlprune, transformers or torch is imported."""
+    pytest.importorskip("onnxruntime")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "small"
+    assert main(["export", str(pruned), "--trim-vocab", "--int8", "--out", str(out)]) == 0
+    script = Path(__file__).parent.parent / "examples" / "run_exported.py"
+    guard = (
+        "import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
+        "run_name='__main__'); bad = [m for m in ('tlprune', 'transformers', 'torch') "
+        "if m in sys.modules]; assert not bad, bad"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", guard, str(script), str(out), "great movie", "awful phone"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("great movie")
