@@ -812,3 +812,28 @@ def test_pruned_aux_stage_warms_up_densely_first(tmp_path, tiny_bert_dir, data, 
     rows = [json.loads(x) for x in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
     gated = [("aux/expected_sparsity" in r) for r in rows if r.get("phase") == "aux"]
     assert gated == [False] * 3 + [True] * 3
+
+
+def test_target_texts_repeated_in_its_test_split_are_dropped_not_refused(tmp_path):
+    """Some datasets repeat texts across their own splits (vader-nyt: 2% of its test texts
+    also occur in train). The target's training texts as unlabelled/MLM data drop those
+    duplicates and say so; another source holding them is still refused."""
+    from tlprune.config import DataConfig
+    from tlprune.data.sources import load_task
+    from tlprune.data.split import draw_budget
+    from tlprune.transfer.aux import load_aux
+
+    rows = [f"text number {i % 70} here,{'ab'[i % 2]}" for i in range(140)]  # every text twice
+    path = tmp_path / "dup.csv"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    task = load_task(DataConfig(target=str(path)))
+    test_texts = set(task.test["text"])
+    assert test_texts & set(task.train["text"])  # the split itself repeats texts
+    budget = draw_budget(task.train["label"], 40, 0, 0.2, task.num_labels)
+    every = load_aux(AuxConfig(source="target", task="mlm", mlm_text="train"), task, budget, 0)
+    assert not set(every.rows["text"]) & test_texts
+    assert any("were dropped" in n for n in every.notes)
+    other = tmp_path / "other.txt"  # a separate text file made of the target's test texts
+    other.write_text("\n".join(sorted(test_texts)) + "\n")
+    with pytest.raises(ConfigError, match="test examples"):
+        load_aux(AuxConfig(source=str(other), task="mlm"), task, budget, 0)

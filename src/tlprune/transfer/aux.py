@@ -92,7 +92,10 @@ def load_aux(cfg: AuxConfig, target: Any, budget: Any, seed: int) -> AuxData:
     if len(rows) == 0:
         raise DataError(f"auxiliary {cfg.source!r} has no examples: give a source with data")
     supervised = cfg.task != "mlm"
-    rows, dropped = _without_target_texts(rows, target, budget, cfg.source, labelled=supervised)
+    own = cfg.source == "target"
+    rows, dropped = _without_target_texts(
+        rows, target, budget, cfg.source, labelled=supervised, own=own
+    )
     if dropped:
         notes.append(f"{dropped} auxiliary rows whose text is a target dev/test text were dropped")
     if cfg.max_examples is not None and cfg.max_examples < len(rows):
@@ -157,10 +160,12 @@ def _same_source(aux: Any, target: Any) -> bool:
 
 
 def _without_target_texts(
-    rows: Any, target: Any, budget: Any, source: str, labelled: bool
+    rows: Any, target: Any, budget: Any, source: str, labelled: bool, own: bool = False
 ) -> tuple[Any, int]:
     """Refuse an auxiliary made of the target's test examples, or (labelled) of its training
-    examples beyond the budget; drop stray exact duplicates of dev and test texts."""
+    examples beyond the budget; drop stray exact duplicates of dev and test texts. `own`: the
+    rows are the target's own training texts, whose duplicates of test texts (some datasets
+    repeat texts across their splits) are dropped whatever their number."""
     test = set(target.test["text"])
     texts = rows["text"]
     if labelled:
@@ -173,7 +178,7 @@ def _without_target_texts(
                 "for the target's texts without labels"
             )
     in_test = sum(t in test for t in texts)
-    if in_test > MAX_TEST_OVERLAP * max(1, min(len(test), len(texts))):
+    if not own and in_test > MAX_TEST_OVERLAP * max(1, min(len(test), len(texts))):
         raise ConfigError(
             f"auxiliary {source!r} holds {in_test} of the target's test examples: the test split "
             "is never trained on; give other data"
