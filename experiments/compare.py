@@ -1,6 +1,6 @@
 """Mean, std over seeds and paired bootstrap intervals between methods, from saved runs.
 
-    python experiments/compare.py runs/transfer-amazon-256 [--baselines cofi finetune] [--save FILE.md]
+    python experiments/compare.py runs/transfer-amazon-256 [--baselines cofi] [--save FILE.md]
     python experiments/compare.py results/transfer-amazon-256 --plot FILE.png  # committed copies
 
 Runs are folders named METHOD-sSEED (e.g. joint-movies-s0) holding predictions.npz. Two paired

@@ -164,8 +164,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", type=Path)
     ap.add_argument("--save", type=Path, help="copy reports and predictions here, with the table")
+    ap.add_argument("--target", help="only this target (amazon, tweets, nyt)")
+    ap.add_argument("--methods", nargs="+", help="only these methods (e.g. finetune cofi300-0.8)")
     args = ap.parse_args()
-    runs = load(args.root)
+    runs = {
+        k: v
+        for k, v in load(args.root).items()
+        if (args.target is None or k[0] == args.target)
+        and (args.methods is None or k[1] in args.methods)
+    }
     text = table(runs)
     print(text)
     if args.save:
