@@ -72,6 +72,9 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
     )
     tokenizer = load_tokenizer(cfg.model.name)
     unlabelled = load_unlabelled(cfg.data.unlabelled, task, budget, cfg.seed)
+    if cfg.smoke:  # a few texts: the dense model's logits on all of them take a while
+        for u in unlabelled:
+            u.texts = u.texts[:SMOKE_EXAMPLES]
     if cfg.train.mixed_precision != cfg.prune.final.mixed_precision:
         raise TlpruneError(
             "train.mixed_precision and prune.final.mixed_precision differ: one run uses one "
