@@ -307,8 +307,11 @@ def bench(
         ),
     ] = None,
     backends: Annotated[
-        str, typer.Option("--backends", help="Comma list: eager, compile, onnxruntime.")
-    ] = "eager,compile,onnxruntime",
+        str,
+        typer.Option(
+            "--backends", help="Comma list: eager, compile, onnxruntime, onnxruntime-int8."
+        ),
+    ] = "eager,compile,onnxruntime,onnxruntime-int8",
     tokens: Annotated[int, typer.Option("--tokens", help="Sequence length.")] = 128,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per model (>= 10).")] = 10,
     threads: Annotated[
