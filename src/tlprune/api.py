@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tlprune.config import DataConfig, ModelConfig, PruneConfig, RunConfig
+from tlprune.train.export_job import export  # deployable variants of a pruned model
 from tlprune.train.finetune import FinetuneResult, run_finetune
 from tlprune.train.prune_job import PruneResult, run_prune
 
@@ -102,22 +103,6 @@ def evaluate(model_dir: str | Path, target: str, **data: object) -> dict:
     from tlprune.train.eval_job import run_eval
 
     return run_eval(model_dir, DataConfig(target=target, budget=None, **data))  # type: ignore[arg-type]
-
-
-def export(
-    model_dir: str | Path,
-    out: str | Path | None = None,
-    *,
-    onnx: bool = False,
-    int8: bool = False,
-    trim_vocab: list[str] | None = None,
-    overwrite: bool = False,
-):
-    """Deployable variants of a saved pruned model (see tlprune.train.export_job.export):
-    `trim_vocab=[]` trims to the run's own texts, a list of sources to those texts."""
-    from tlprune.train.export_job import export as _export
-
-    return _export(model_dir, out, onnx=onnx, int8=int8, trim_vocab=trim_vocab, overwrite=overwrite)
 
 
 def load(model_dir: str | Path):
