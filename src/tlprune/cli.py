@@ -150,8 +150,8 @@ def data_list() -> None:
         console.print("sizes '-': not prepared yet; run `tlprune data prepare`")
 
 
-def _not_built(command: str, issue: str) -> None:
-    raise TlpruneError(f"`tlprune {command}` is not built yet ({issue}); use `tlprune finetune`")
+def _not_built(command: str, when: str) -> None:
+    raise TlpruneError(f"`tlprune {command}` is not built yet ({when}); use `tlprune finetune`")
 
 
 SparsityOpt = Annotated[
