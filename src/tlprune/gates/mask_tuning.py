@@ -54,13 +54,13 @@ def _sublayer(model, layer: int, kind: str, x: Tensor, additive, z) -> Tensor:
     return module(x, additive, z) if kind == "head" else module(x, z)
 
 
-def _advance(student, teacher, batches: list[_Batch], layer: int, kind: str, z) -> None:
-    """Move every batch past sublayer (layer, kind): the dense model ungated, the pruned one
-    under its tuned masks `z` (post-LayerNorm, as in the model's forward)."""
+def _advance(student, teacher, batches: list[_Batch], t_outs, layer: int, kind: str, z) -> None:
+    """Move every batch past sublayer (layer, kind): the dense model ungated (its outputs
+    `t_outs`, already computed), the pruned one under its tuned masks `z` (post-LayerNorm, as
+    in the model's forward)."""
     from tlprune.modeling.modeling_tlprune import residual_norm
 
-    for b in batches:
-        t_out = _sublayer(teacher, layer, kind, b.teacher_x, b.additive, None)
+    for b, t_out in zip(batches, t_outs, strict=True):
         b.teacher_x = residual_norm(_norm(teacher, layer, kind), b.teacher_x, t_out, None, None)
         s_out = _sublayer(student, layer, kind, b.student_x, b.additive, z)
         b.student_x = residual_norm(_norm(student, layer, kind), b.student_x, s_out, None, None)
@@ -118,21 +118,25 @@ def tune_masks(
             for kind in ("head", "ffn_unit"):
                 keep = masks[kind][layer].bool()
                 name = f"{kind}.{layer}"
+                t_outs = [
+                    _sublayer(teacher, layer, kind, b.teacher_x, b.additive, None) for b in states
+                ]
                 if keep.any():
                     m, err0, err1 = _solve(
-                        student, teacher, states, layer, kind, keep, damping, clamp
+                        student, states, t_outs, layer, kind, keep, damping, clamp
                     )
                     before[name], after[name] = err0, err1
                     if err1 < err0:
                         scales[kind][layer, keep] = m.to(scales[kind].dtype)
                     else:
                         after[name] = err0
-                _advance(student, teacher, states, layer, kind, scales[kind][layer])
+                _advance(student, teacher, states, t_outs, layer, kind, scales[kind][layer])
     return scales, TuneStats(before=before, after=after)
 
 
-def _solve(student, teacher, states, layer, kind, keep, damping, clamp):
-    """Least-squares masks of one sublayer, and its error with binary and with tuned masks."""
+def _solve(student, states, t_outs, layer, kind, keep, damping, clamp):
+    """Least-squares masks of one sublayer, and its error with binary and with tuned masks
+    (`t_outs`: the dense model's outputs of the sublayer, per batch)."""
     k = int(keep.sum())
     gram = torch.zeros(k, k, dtype=torch.float64)
     rhs = torch.zeros(k, dtype=torch.float64)
@@ -141,8 +145,7 @@ def _solve(student, teacher, states, layer, kind, keep, damping, clamp):
     seen: list[Tensor] = []
     hook = module.output.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     try:
-        for b in states:
-            t_out = _sublayer(teacher, layer, kind, b.teacher_x, b.additive, None)
+        for b, t_out in zip(states, t_outs, strict=True):
             seen.clear()  # the units entering the output projection, under binary masks
             _sublayer(student, layer, kind, b.student_x, b.additive, keep.float())
             target = (b.teacher_x + t_out)[b.valid].double()

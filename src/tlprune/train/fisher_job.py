@@ -142,6 +142,7 @@ class _Run:
         self.tokenizer, self.accelerator, self.log_path = tokenizer, accelerator, log_path
         self.collate = ClassificationCollator(tokenizer, task.max_length)
         self.aux_data: list = []
+        self._logits: list | None = None  # the teacher's logits on the unlabelled sources
 
     def loaders(self, phase: int, train_cfg):
         """Seeded loaders, as the gate-based prune job makes them for the same phase."""
@@ -225,23 +226,28 @@ class _Run:
         )
         return self.accelerator.unwrap_model(dense).cpu()
 
+    def _distils(self, unlabelled) -> bool:
+        """Whether the final fine-tune reads the unlabelled texts (and so all their logits)."""
+        dc = self.cfg.distill
+        return self.cfg.fisher.final and dc.unlabelled_weight > 0 and bool(unlabelled)
+
     def unlabelled_distill(self, teacher, unlabelled):
         """The final fine-tune's distillation on unlabelled texts, or None (no batch drawn)."""
         from tlprune.train.unlabelled_distill import UnlabelledDistill
 
         dc = self.cfg.distill
         texts = [t for u in unlabelled for t in u.texts]
-        if not texts or dc.unlabelled_weight == 0:
+        if not texts or not self._distils(unlabelled):
             return None
+        logits = torch.cat(self._teacher_logits(teacher, unlabelled))
         return UnlabelledDistill(
-            teacher,
+            logits,
             texts,
             self.collate,
             dc.unlabelled_batch_size,
             dc.unlabelled_weight,
             dc.temperature,
             seed=self.cfg.seed + 7_919,
-            eval_batch_size=self.cfg.train.eval_batch_size,
         )
 
     def _scoring_rows(self, teacher, unlabelled) -> tuple[list[dict], dict]:
@@ -250,24 +256,34 @@ class _Run:
         cap = self.cfg.fisher.examples
         rows = [dict(r) for r in self.task.train.select(self.budget.train)][:cap]
         counts = {"labelled": len(rows)}
-        for source in unlabelled:
+        logits = self._teacher_logits(teacher, unlabelled, cap - len(rows)) if unlabelled else []
+        for source, source_logits in zip(unlabelled, logits, strict=True):
             take = source.texts[: max(0, cap - len(rows))]
-            if take:
-                labels = self._predict_texts(teacher, take)
-                rows += [{"text": t, "label": int(y)} for t, y in zip(take, labels, strict=True)]
+            labels = source_logits[: len(take)].argmax(-1).tolist()
+            rows += [{"text": t, "label": int(y)} for t, y in zip(take, labels, strict=True)]
             counts[source.name] = len(take)
         return rows, counts
 
     @torch.no_grad()
-    def _predict_texts(self, model, texts: list[str]) -> list[int]:
-        model.eval()
-        out = []
-        for i in range(0, len(texts), self.cfg.train.eval_batch_size):
-            chunk = [{"text": t, "label": 0} for t in texts[i : i + self.cfg.train.eval_batch_size]]
-            batch = self.collate(chunk)
+    def _teacher_logits(self, teacher, unlabelled, scored: int = 0) -> list[torch.Tensor]:
+        """The teacher's logits on each unlabelled source, computed once: for every text when
+        the final fine-tune distils, else for the `scored` first texts (pseudo-labels)."""
+        if self._logits is None:
+            teacher.eval()
+            self._logits, left = [], scored
+            for u in unlabelled:
+                n = len(u.texts) if self._distils(unlabelled) else max(0, min(left, len(u.texts)))
+                left -= n
+                self._logits.append(self._logits_of(teacher, u.texts[:n]))
+        return self._logits
+
+    def _logits_of(self, model, texts: list[str]) -> torch.Tensor:
+        out, size = [torch.zeros(0, self.task.num_labels)], self.cfg.train.eval_batch_size
+        for i in range(0, len(texts), size):
+            batch = self.collate([{"text": t, "label": 0} for t in texts[i : i + size]])
             batch.pop("labels")
-            out += model(**batch).logits.argmax(-1).tolist()
-        return out
+            out.append(model(**batch).logits.float().cpu())
+        return torch.cat(out)
 
     def _batches(self, rows: list[dict]):
         bs = self.cfg.fisher.batch_size

@@ -1,6 +1,6 @@
 """Distillation on unlabelled texts: each step, a batch of unlabelled texts beside the
 labelled one, and the student's logits pulled to the dense teacher's by a temperature-softened
-KL. The teacher is frozen, so its logits are computed once for all texts."""
+KL. The teacher is frozen, so its logits are given, computed once for all texts."""
 
 from __future__ import annotations
 
@@ -17,29 +17,20 @@ class UnlabelledDistill:
 
     def __init__(
         self,
-        teacher: Any,
+        teacher_logits: torch.Tensor,
         texts: list[str],
         collate: Any,
         batch_size: int,
         weight: float,
         temperature: float,
         seed: int,
-        eval_batch_size: int = 128,
     ):
-        self.texts, self.collate = texts, collate
+        if len(teacher_logits) != len(texts):
+            raise ValueError("one row of teacher logits per unlabelled text")
+        self.texts, self.collate, self.logits = texts, collate, teacher_logits
         self.batch_size, self.weight, self.temperature = batch_size, weight, temperature
         self.gen = torch.Generator().manual_seed(seed)
-        self.logits = self._teacher_logits(teacher, eval_batch_size)
         self._order: list[int] = []
-
-    @torch.no_grad()
-    def _teacher_logits(self, teacher: Any, batch_size: int) -> torch.Tensor:
-        teacher.eval()
-        out = []
-        for i in range(0, len(self.texts), batch_size):
-            batch = self._batch(range(i, min(i + batch_size, len(self.texts))))
-            out.append(teacher(**batch).logits.float().cpu())
-        return torch.cat(out)
 
     def _batch(self, idx) -> dict:
         batch = self.collate([{"text": self.texts[i], "label": 0} for i in idx])
