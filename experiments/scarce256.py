@@ -1,7 +1,7 @@
 """Budget 256, sparsity 0.8 (and 0.6 for the retraining-free presets), seeds 0-2, on the three
 vader targets: the dense fine-tune (also the Fisher presets' teacher), then `fisher` and
 `fisher-ft` from that teacher, then `fisher-stilts` (auxiliary vader-movies, unlabelled: the
-target's training texts), cofi with `prune.constraint=shift` on the schedule of the transfer
+target's training texts) as shipped and with a layer floor, cofi with `prune.constraint=shift` on the schedule of the transfer
 grid's cofi cells (300 gate steps, round_hidden 1: results/transfer-amazon-256 holds their
 Lagrangian twins), then cofi at its full preset schedule.
 
@@ -50,6 +50,19 @@ def cells(seeds: list[int], out: Path) -> list[Cell]:
             args += ["--sparsity", "0.8", "--seed", str(seed)]
             args += ["--aux", "vader-movies", "--unlabelled", "target-train"]
             cs.append(Cell(f"fisher-stilts-{SHORT[target]}-0.8-s{seed}", args))
+    # the same with every layer kept alive (fisher.layer_floor), then also scoring the labelled
+    # texts only; targets outermost so that two jobs start on two seeds' auxiliary stages
+    variants = {
+        "fisher-stilts-floor": ["fisher.layer_floor=0.5"],
+        "fisher-stilts-floor-lab": ["fisher.layer_floor=0.5", "fisher.score_unlabelled=false"],
+    }
+    for name, overrides in variants.items():
+        for target in TARGETS:
+            for seed in seeds:
+                args = ["prune", "--preset", "fisher-stilts", *common, "--target", target]
+                args += ["--sparsity", "0.8", "--seed", str(seed)]
+                args += ["--aux", "vader-movies", "--unlabelled", "target-train", *overrides]
+                cs.append(Cell(f"{name}-{SHORT[target]}-0.8-s{seed}", args))
     for target in TARGETS:
         for seed in seeds:
             args = ["prune", "--preset", "cofi", *common, "--target", target, "--sparsity", "0.8"]

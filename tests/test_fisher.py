@@ -14,6 +14,7 @@ from tlprune.arch import from_hf, unit_sizes
 from tlprune.cli import main
 from tlprune.gates.fisher import (
     collect_mask_grads,
+    layer_floor_counts,
     rearrange,
     rearrange_layer,
     removal_cost,
@@ -90,6 +91,38 @@ def test_search_meets_the_budget_within_one_unit_and_is_optimal(tiny_bert_dir, s
         if room >= 0:
             k = min(room // sizes.ffn_unit_params(), 128)
             assert float(heads[:n].sum() + units[:k].sum()) <= value + 1e-4
+
+
+@pytest.mark.parametrize("floor", [0.5, 1.0])
+def test_layer_floor_keeps_every_layer_alive_and_still_meets_the_budget(tiny_bert_dir, floor):
+    sizes = unit_sizes(_dense(tiny_bert_dir).config)
+    # layer 1 scores far below layer 0: without a floor the search starves it
+    diag = {
+        "head": torch.rand(2, 4) + torch.tensor([[10.0], [0.0]]),
+        "ffn_unit": torch.rand(2, 64) + torch.tensor([[10.0], [0.0]]),
+    }
+    budget = math.floor(0.25 * sizes.full_size)
+    min_heads, min_units = layer_floor_counts(sizes, budget, floor)
+    assert min_units > 0
+    bare = search_masks(diag, sizes, budget)
+    assert bare["head"][1].sum() < min_heads or bare["ffn_unit"][1].sum() < min_units
+    masks = search_masks(diag, sizes, budget, floor=floor)
+    assert (masks["head"].sum(1) >= min_heads).all()
+    assert (masks["ffn_unit"].sum(1) >= min_units).all()
+    kept = exact_size(masks, sizes)
+    assert kept <= budget < kept + sizes.ffn_unit_params()
+    # the reserved units of the weak layer are its best ones
+    best = torch.argsort(diag["ffn_unit"][1], descending=True)[:min_units]
+    assert masks["ffn_unit"][1, best].all()
+
+
+def test_layer_floor_zero_is_the_plain_search(tiny_bert_dir):
+    sizes = unit_sizes(_dense(tiny_bert_dir).config)
+    diag = {"head": torch.rand(2, 4), "ffn_unit": torch.rand(2, 64)}
+    budget = math.floor(0.3 * sizes.full_size)
+    plain = search_masks(diag, sizes, budget)
+    zero = search_masks(diag, sizes, budget, floor=0.0)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
 
 
 def test_full_budget_keeps_everything(tiny_bert_dir):
@@ -357,6 +390,33 @@ def test_fisher_stilts_trains_the_teacher_on_the_auxiliary_and_distils(
     card = (out / "README.md").read_text()
     assert "dense model (teacher)" in card and "STILTs" in card
     assert "| unlabelled texts | target-texts:" in card and "weight 1.0" in card
+
+
+def test_stilts_teacher_reuses_a_cached_auxiliary_stage(tmp_path, tiny_bert_dir, data):
+    """A second run with the same model, auxiliary and seed (another sparsity) starts from the
+    first run's auxiliary stage: same teacher, no auxiliary steps; another seed trains anew."""
+    from tests.test_transfer import aux_csv
+
+    aux = aux_csv(tmp_path / "aux.csv")
+
+    def run(name, *extra):
+        out = tmp_path / name
+        code = main(["prune", "--preset", "fisher-stilts", "--model", str(tiny_bert_dir),
+                     "--target", str(data), "--out", str(out), "--budget", "60", "--smoke",
+                     "--aux", str(aux), *extra])  # fmt: skip
+        assert code == 0
+        report = json.loads((out / "prune_report.json").read_text())
+        rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+        return report, any(r.get("phase") == "aux" for r in rows)
+
+    first, first_aux = run("a", "--sparsity", "0.5")
+    second, second_aux = run("b", "--sparsity", "0.7")
+    third, third_aux = run("c", "--sparsity", "0.5", "--seed", "1")
+    assert first_aux and not first["teacher"]["aux_stage_from_cache"]
+    assert not second_aux and second["teacher"]["aux_stage_from_cache"]
+    assert second["teacher"]["dev"] == first["teacher"]["dev"]
+    assert second["teacher"]["test"] == first["teacher"]["test"]
+    assert third_aux and not third["teacher"]["aux_stage_from_cache"]
 
 
 def test_unlabelled_weight_zero_draws_nothing_and_equals_plain_fine_tune(

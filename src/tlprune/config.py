@@ -214,10 +214,14 @@ class FisherConfig:
     of the dense fine-tuned model, mask search, rearrangement and least-squares mask tuning."""
 
     examples: int = 2048  # texts scored (the budget's training texts first, then unlabelled)
+    score_unlabelled: bool = True  # score --unlabelled texts too, with the teacher's predictions
     rearrange: bool = True  # swap units within a layer by the off-diagonal Fisher
     tune: bool = True  # layer-wise least-squares mask tuning
     tune_examples: int = 512  # texts the tuning reconstructs (a subset of the scored ones)
     damping: float = 1e-3  # ridge towards the binary mask, relative to the Gram diagonal
+    # every layer keeps at least layer_floor x the budget's average fraction of its heads and
+    # of its FFN units (0: none; the diagonal Fisher can empty whole layers)
+    layer_floor: float = 0.0
     final: bool = False  # fine-tune the small model afterwards (prune.final)
     batch_size: int = 32
 
@@ -226,6 +230,8 @@ class FisherConfig:
             raise ConfigError("fisher.examples, tune_examples and batch_size must be >= 1")
         if self.damping <= 0:  # a unit that is always 0 makes the normal equations singular
             raise ConfigError(f"fisher.damping must be > 0, got {self.damping}")
+        if not 0.0 <= self.layer_floor <= 1.0:
+            raise ConfigError(f"fisher.layer_floor is in [0, 1], got {self.layer_floor}")
 
 
 # The transfer settings live in their own module (one concept per file); they need TrainConfig.

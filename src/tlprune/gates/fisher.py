@@ -11,6 +11,7 @@ where the layer's off-diagonal Fisher says it pays.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -96,39 +97,68 @@ def collect_mask_grads(model, batches: Iterable[dict], device: torch.device | st
     return MaskGrads(head=torch.cat(heads), ffn_unit=torch.cat(units))
 
 
-def _top_mask(score: Tensor, k: int) -> Tensor:
-    """A 0/1 mask of score's shape keeping the k highest entries (ties: the lower index)."""
+def _priority(score: Tensor, floor: int) -> Tensor:
+    """Flat indices of score [L, u] in the order the search takes them: every layer's `floor`
+    best units first (best first), then all the others by score (ties: the lower index)."""
+    ranks = torch.argsort(torch.argsort(score, dim=1, descending=True, stable=True), dim=1)
+    reserved = (ranks < floor).flatten()
     flat = score.flatten()
     order = torch.sort(flat, descending=True, stable=True).indices
-    mask = torch.zeros_like(flat)
-    mask[order[:k]] = 1.0
-    return mask.view_as(score)
+    return torch.cat([order[reserved[order]], order[~reserved[order]]])
 
 
-def search_masks(diag: dict[str, Tensor], sizes: UnitSizes, budget: int) -> dict[str, Tensor]:
+def layer_floor_counts(sizes: UnitSizes, budget: int, floor: float) -> tuple[int, int]:
+    """Heads and FFN units every layer keeps at least: `floor` times the budget's average
+    fraction of each (floor 0: none; 1: every layer at least the average)."""
+    if floor <= 0:
+        return 0, 0
+    keep = budget / sizes.full_size
+    return math.floor(floor * keep * sizes.num_heads), math.floor(floor * keep * sizes.ffn)
+
+
+def search_masks(
+    diag: dict[str, Tensor], sizes: UnitSizes, budget: int, floor: float = 0.0
+) -> dict[str, Tensor]:
     """Head and FFN-unit masks whose prunable size is <= budget < size + one FFN unit (when
     FFN units are left to add), keeping the most diagonal-Fisher importance: for every number
     of heads n, the n best heads and as many of the best FFN units as the rest of the budget
-    holds; the n with the largest kept importance wins."""
+    holds; the n with the largest kept importance wins. With `floor` > 0 every layer keeps its
+    `layer_floor_counts` best heads and units whatever their scores: the diagonal Fisher adds
+    up removals one by one and can empty whole layers whose joint removal it does not see."""
     hc, uc = sizes.head_params(), sizes.ffn_unit_params()
-    head_sorted = torch.sort(diag["head"].flatten(), descending=True).values.double()
-    unit_sorted = torch.sort(diag["ffn_unit"].flatten(), descending=True).values.double()
+    min_heads, min_units = layer_floor_counts(sizes, budget, floor)
+    layers = diag["head"].shape[0]
+    head_order = _priority(diag["head"], min_heads)
+    unit_order = _priority(diag["ffn_unit"], min_units)
+    head_sorted = diag["head"].flatten()[head_order].double()
+    unit_sorted = diag["ffn_unit"].flatten()[unit_order].double()
     head_cum = torch.cat([head_sorted.new_zeros(1), head_sorted.cumsum(0)])
     unit_cum = torch.cat([unit_sorted.new_zeros(1), unit_sorted.cumsum(0)])
     best, best_n = None, 0
-    for n in range(head_sorted.numel() + 1):
+    for n in range(layers * min_heads, head_sorted.numel() + 1):
         room = budget - n * hc
         if room < 0:
             break
         units = min(room // uc, unit_sorted.numel())
+        if units < layers * min_units:
+            break
         kept = head_cum[n] + unit_cum[units]
         if best is None or kept > best:
             best, best_n = kept, n
+    if best is None:
+        raise ValueError(f"a layer floor of {floor} does not fit in a budget of {budget}")
     n_units = min((budget - best_n * hc) // uc, unit_sorted.numel())
     return {
-        "head": _top_mask(diag["head"], best_n),
-        "ffn_unit": _top_mask(diag["ffn_unit"], int(n_units)),
+        "head": _first(head_order, best_n, diag["head"]),
+        "ffn_unit": _first(unit_order, int(n_units), diag["ffn_unit"]),
     }
+
+
+def _first(order: Tensor, k: int, like: Tensor) -> Tensor:
+    """A 0/1 mask of like's shape keeping the flat indices order[:k]."""
+    mask = torch.zeros(like.numel(), dtype=like.dtype)
+    mask[order[:k]] = 1.0
+    return mask.view_as(like)
 
 
 def removal_cost(fisher: Tensor, mask: Tensor) -> float:

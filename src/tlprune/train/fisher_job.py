@@ -143,6 +143,7 @@ class _Run:
         self.collate = ClassificationCollator(tokenizer, task.max_length)
         self.aux_data: list = []
         self._logits: list | None = None  # the teacher's logits on the unlabelled sources
+        self.stage_cached = False  # the STILTs teacher's auxiliary stage came from the cache
 
     def loaders(self, phase: int, train_cfg):
         """Seeded loaders, as the gate-based prune job makes them for the same phase."""
@@ -177,6 +178,7 @@ class _Run:
             "dir": str(given) if given else "built by this run",
             "recipe": "given" if given else self._teacher_recipe(),
             "built": built,
+            "aux_stage_from_cache": self.stage_cached,
             "dev": evaluate(teacher, dev, task.num_labels),
             "test": evaluate(teacher, test, task.num_labels),
         }
@@ -196,6 +198,7 @@ class _Run:
         from tlprune.train.aux_stage import run_aux_stage
         from tlprune.transfer.branch import build_branch
         from tlprune.transfer.groups import copy_weights
+        from tlprune.transfer.stage_cache import restore, stage_key, store
 
         cfg, task = self.cfg, self.task
         encoder = None
@@ -206,7 +209,12 @@ class _Run:
             branch = build_branch(
                 base, None, self.aux_data, self.tokenizer, tc, None, sizes, cfg.seed
             )
+            key = stage_key(cfg, task.label_names, self.aux_data) if tc.cache_stage else None
+            if key and self.accelerator.is_main_process and restore(key, work / "aux_stage"):
+                self.stage_cached = True
             stage = run_aux_stage(branch, cfg, self.accelerator, work, self.log_path, resume)
+            if key and self.accelerator.is_main_process:
+                store(key, work / "aux_stage")
             encoder = stage.encoder
         set_seed(cfg.seed)
         dense = load_classifier(cfg.model.name, task.label_names)
@@ -256,6 +264,8 @@ class _Run:
         cap = self.cfg.fisher.examples
         rows = [dict(r) for r in self.task.train.select(self.budget.train)][:cap]
         counts = {"labelled": len(rows)}
+        if not self.cfg.fisher.score_unlabelled:
+            return rows, counts
         logits = self._teacher_logits(teacher, unlabelled, cap - len(rows)) if unlabelled else []
         for source, source_logits in zip(unlabelled, logits, strict=True):
             take = source.texts[: max(0, cap - len(rows))]
@@ -293,7 +303,12 @@ class _Run:
     def prune(self, teacher, unlabelled):
         """Scores, search, rearrangement, tuning, surgery: the small model and its masks."""
         from tlprune.arch import unit_sizes
-        from tlprune.gates.fisher import collect_mask_grads, rearrange, search_masks
+        from tlprune.gates.fisher import (
+            collect_mask_grads,
+            layer_floor_counts,
+            rearrange,
+            search_masks,
+        )
         from tlprune.gates.mask_tuning import fold_scales, tune_masks
         from tlprune.gates.size import exact_size
         from tlprune.surgery import prune_model
@@ -305,8 +320,10 @@ class _Run:
         budget = math.floor((1 - self.cfg.prune.sparsity) * sizes.full_size)
         rows, counts = self._scoring_rows(teacher, unlabelled)
         grads = collect_mask_grads(dense, self._batches(rows))
-        masks = search_masks(grads.diagonal(), sizes, budget)
+        masks = search_masks(grads.diagonal(), sizes, budget, fc.layer_floor)
         info: dict[str, Any] = {"scored": counts, "rearrange": None, "tune": None}
+        min_heads, min_units = layer_floor_counts(sizes, budget, fc.layer_floor)
+        info["layer_floor"] = {"floor": fc.layer_floor, "heads": min_heads, "ffn_units": min_units}
         if fc.rearrange:
             masks, info["rearrange"] = rearrange(grads, masks)
         tuned = {k: v.clone() for k, v in masks.items()}

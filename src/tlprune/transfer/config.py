@@ -117,6 +117,9 @@ class TransferConfig:
     aux_sparsity: float | None = None  # None: the target's sparsity
     variant: str = "fixed_masks"  # sequential: fixed_masks | reprune
     aux_stage: TrainConfig = field(default_factory=_aux_stage)  # stilts / sequential, on A
+    # fisher presets: reuse a finished dense auxiliary stage of the same model, auxiliary rows,
+    # schedule and seed from the cache (transfer.stage_cache), and keep new ones there
+    cache_stage: bool = True
     aux_warm: float = 0.3  # pruned A: this fraction of aux_stage trains densely before gates
     # transfer during the dense warm fine-tune of T as well (shared, soft): schedules over the
     # warm phase's steps; 0 (the default) = T alone there, as in CoFi
