@@ -1,9 +1,10 @@
 """Budget 256, sparsity 0.8 (and 0.6 for the retraining-free presets), seeds 0-2, on the three
 vader targets: the dense fine-tune (also the Fisher presets' teacher), then `fisher` and
 `fisher-ft` from that teacher, then `fisher-stilts` (auxiliary vader-movies, unlabelled: the
-target's training texts) as shipped and with a layer floor, cofi with `prune.constraint=shift` on the schedule of the transfer
-grid's cofi cells (300 gate steps, round_hidden 1: results/transfer-amazon-256 holds their
-Lagrangian twins), then cofi at its full preset schedule.
+target's training texts) as shipped and with a layer floor, cofi with
+`prune.constraint=shift` on the schedule of the transfer grid's cofi cells (300 gate steps,
+round_hidden 1: results/transfer-amazon-256 holds their Lagrangian twins), then cofi at its
+full preset schedule.
 
     python experiments/scarce256.py [--jobs 1] [--only REGEX] [--list]
 
