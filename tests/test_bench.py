@@ -62,7 +62,7 @@ def test_bench_pruned_against_dense_eager_and_onnxruntime(tiny_bert_dir, tmp_pat
     from tlprune.bench import BenchConfig, bench, format_table
 
     pruned = _pruned_dir(tiny_bert_dir, tmp_path)
-    backends = ["eager", "onnxruntime", "onnxruntime-int8"]
+    backends = ["eager", "onnxruntime", "onnxruntime-int8", "torch-int8"]
     cfg = BenchConfig(backends=backends, shapes=[[1, 8], [4, 16]], threads=1)
     info = bench(pruned, str(tiny_bert_dir), cfg, tmp_path / "b.json", progress=False)
     saved = json.loads((tmp_path / "b.json").read_text())
@@ -76,6 +76,20 @@ def test_bench_pruned_against_dense_eager_and_onnxruntime(tiny_bert_dir, tmp_pat
     assert info["params"]["pruned"] < info["params"]["dense"]
     table = format_table(info)
     assert "| onnxruntime | 4 x 16 |" in table and "FLOPs ratio" in table
+    # every pruned variant against both dense references, same shape, and its size on disk
+    ref = {(r["backend"], r["batch"]): r for r in info["results"]}
+    for r in info["results"]:
+        eager, int8 = ref[("eager", r["batch"])], ref[("onnxruntime-int8", r["batch"])]
+        assert r["vs_dense_fp32"] == pytest.approx(eager["dense_median_s"] / r["pruned_median_s"])
+        assert r["vs_dense_int8_ort"] == pytest.approx(
+            int8["dense_median_s"] / r["pruned_median_s"]
+        )
+    sizes = info["size_bytes"]
+    assert set(sizes) == set(backends)
+    for backend in backends:
+        assert 0 < sizes[backend]["pruned"] < sizes[backend]["dense"]
+    assert sizes["onnxruntime-int8"]["pruned"] < sizes["onnxruntime"]["pruned"]
+    assert "vs dense int8 ORT" in table and "| torch-int8 | 4 x 16 |" in table
 
 
 def test_bench_reports_an_unavailable_backend_and_goes_on(tiny_bert_dir, tmp_path, monkeypatch):

@@ -85,6 +85,27 @@ def test_int8_onnx_is_close_to_fp32(tmp_path, pruned):
     assert sizes["model.int8.onnx"] < sizes["model.onnx"]
 
 
+def test_torch_int8_runs_without_tlprune_and_is_close_to_fp32(tmp_path, pruned):
+    """model.int8.pt (torch's dynamic int8, TorchScript): torch.jit.load runs it on padded
+    batches of any length, within 0.05 of the fp32 model's logits on a tiny random model."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "int8"
+    assert main(["export", str(pruned), "--int8", "--out", str(out)]) == 0
+    model, tok = load(pruned)
+    traced = torch.jit.load(str(out / "model.int8.pt"))
+    texts = ["great movie", "awful phone, the film was not good at all", "good"]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    args = [batch["input_ids"], batch["attention_mask"]]
+    if "token_type_ids" in batch and getattr(model.config, "type_vocab_size", 0) > 0:
+        args.append(batch["token_type_ids"])
+    with torch.no_grad():
+        got = traced(*args)
+    assert got.shape == (3, model.config.num_labels)
+    assert (got - _logits(model, tok, texts)).abs().max() < 0.05
+    report = json.loads((out / "export_report.json").read_text())
+    assert "model.int8.pt" in report["files"] and "model.int8.pt" in report["test_accuracy"]
+
+
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [

@@ -1,7 +1,8 @@
 """Inference backends for the benchmark: each turns a model into a `run(inputs)` callable.
 
 A backend that cannot run here (no compiler for torch.compile, onnxruntime not installed)
-raises `BackendUnavailable` with the reason; the benchmark reports it and goes on.
+raises `BackendUnavailable` with the reason; the benchmark reports it and goes on. Each runner
+carries `size_bytes`: what the model takes on disk in that backend's format.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ class BackendUnavailable(RuntimeError):
     """This backend cannot run on this machine; the message says why."""
 
 
+def _safetensors_bytes(model: torch.nn.Module) -> int:
+    from safetensors.torch import save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_model(model, str(path))
+        return path.stat().st_size
+
+
 def eager(model: torch.nn.Module, threads: int) -> Runner:
     model.eval()
 
@@ -27,6 +37,34 @@ def eager(model: torch.nn.Module, threads: int) -> Runner:
     def run(inputs):
         return model(**inputs).logits
 
+    run.size_bytes = _safetensors_bytes(model)
+    return run
+
+
+def torch_int8(model: torch.nn.Module, threads: int) -> Runner:
+    """torch's dynamic int8 quantization of the linear layers, traced (the model.int8.pt that
+    `tlprune export --int8` writes)."""
+    from tlprune.surgery.torch_int8 import save_int8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = save_int8(model.eval(), Path(tmp) / "model.int8.pt")
+        except Exception as exc:  # no quantized engine on this CPU
+            raise BackendUnavailable(
+                f"int8 quantization failed: {str(exc).splitlines()[0]}"
+            ) from None
+        traced = torch.jit.load(str(path))
+        size = path.stat().st_size
+    types = getattr(model.config, "type_vocab_size", 0) > 0
+
+    @torch.inference_mode()
+    def run(inputs):
+        args = [inputs["input_ids"], inputs["attention_mask"]]
+        if types:
+            args.append(inputs.get("token_type_ids", torch.zeros_like(inputs["input_ids"])))
+        return traced(*args)
+
+    run.size_bytes = size
     return run
 
 
@@ -41,6 +79,7 @@ def compiled(model: torch.nn.Module, threads: int) -> Runner:
     def run(inputs):
         return fn(**inputs).logits
 
+    run.size_bytes = _safetensors_bytes(model)
     return run
 
 
@@ -75,6 +114,7 @@ def _ort(model: torch.nn.Module, threads: int, int8: bool) -> Runner:
         session = ort.InferenceSession(
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
+        size = path.stat().st_size
     names = {i.name for i in session.get_inputs()}
 
     def run(inputs):
@@ -83,6 +123,7 @@ def _ort(model: torch.nn.Module, threads: int, int8: bool) -> Runner:
             feed["token_type_ids"] = torch.zeros_like(inputs["input_ids"]).numpy()
         return session.run(None, feed)[0]
 
+    run.size_bytes = size
     return run
 
 
@@ -91,4 +132,5 @@ BACKENDS: dict[str, Callable[[Any, int], Runner]] = {
     "compile": compiled,
     "onnxruntime": onnxruntime,
     "onnxruntime-int8": onnxruntime_int8,
+    "torch-int8": torch_int8,
 }

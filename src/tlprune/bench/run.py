@@ -1,7 +1,9 @@
 """`tlprune bench`: a pruned model against its dense original, side by side in one process.
 
-Per backend (eager, torch.compile, ONNX Runtime) and shape (batch 1 and 32 x 128 tokens):
-median seconds of interleaved runs after warm-up, the speedup, and the FLOPs ratio beside it.
+Per backend (eager, torch.compile, ONNX Runtime fp32 and int8, torch int8) and shape (batch 1
+and 32 x 128 tokens): median seconds of interleaved runs after warm-up, the speedup, and the
+FLOPs ratio beside it; then every pruned variant against the dense fp32 (eager) and dense int8
+(ONNX Runtime) references, with each variant's size on disk.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def bench(
         },
         "results": [],
         "skipped": {},
+        "size_bytes": {},
     }
     steps = [(b, s) for b in cfg.backends for s in cfg.shapes]
     bar = tqdm(total=len(steps), desc="bench", disable=not progress)
@@ -140,6 +143,9 @@ def bench(
             info["skipped"][backend] = str(exc)
             bar.update(len(cfg.shapes))
             continue
+        info["size_bytes"][backend] = {
+            k: getattr(r, "size_bytes", None) for k, r in runners.items()
+        }
         for batch, tokens in cfg.shapes:
             inputs = random_inputs(vocab, batch, tokens)
             fns = {k: (lambda r=r, x=inputs: r(x)) for k, r in runners.items()}
@@ -161,9 +167,24 @@ def bench(
             info["results"].append(row)
             bar.update(1)
     bar.close()
+    _against_references(info["results"])
     if out_json is not None:
         write_json(info, Path(out_json))
     return info
+
+
+REFERENCES = {"vs_dense_fp32": "eager", "vs_dense_int8_ort": "onnxruntime-int8"}
+
+
+def _against_references(rows: list[dict]) -> None:
+    """Each row's pruned model against what users run today, at the same shape: the dense
+    fp32 model in eager PyTorch and the dense model in ONNX Runtime int8 (when measured)."""
+    dense = {(r["backend"], r["batch"], r["tokens"]): r.get("dense_median_s") for r in rows}
+    for r in rows:
+        for column, backend in REFERENCES.items():
+            ref = dense.get((backend, r["batch"], r["tokens"]))
+            if ref:
+                r[column] = ref / r["pruned_median_s"]
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -204,6 +225,37 @@ def format_table(info: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['backend']} | {r['batch']} x {r['tokens']} | {r['pruned_seq_per_s']:.1f} |"
             )
+    lines += _reference_table(info)
     for backend, why in info["skipped"].items():
         lines.append(f"\n{backend}: skipped ({why})")
     return "\n".join(lines)
+
+
+def _reference_table(info: dict[str, Any]) -> list[str]:
+    """Every pruned variant against the dense fp32 and dense int8 ONNX Runtime references,
+    with each variant's size on disk."""
+    rows = [r for r in info["results"] if any(c in r for c in REFERENCES)]
+    if not rows:
+        return []
+    sizes = info.get("size_bytes", {})
+
+    def mb(backend: str, model: str) -> str:
+        b = sizes.get(backend, {}).get(model)
+        return "-" if b is None else f"{b / 1e6:.1f}"
+
+    def ratio(r: dict, column: str) -> str:
+        return f"{r[column]:.2f}x" if column in r else "-"
+
+    lines = [
+        "",
+        "| pruned in | batch x tokens | pruned seq/s | vs dense fp32 eager | vs dense int8 ORT "
+        "| size MB (pruned / dense) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['backend']} | {r['batch']} x {r['tokens']} | {r['pruned_seq_per_s']:.1f} "
+            f"| {ratio(r, 'vs_dense_fp32')} | {ratio(r, 'vs_dense_int8_ort')} "
+            f"| {mb(r['backend'], 'pruned')} / {mb(r['backend'], 'dense')} |"
+        )
+    return lines

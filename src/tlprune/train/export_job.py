@@ -3,7 +3,7 @@
 - `--trim-vocab [SOURCE...]`: the word embeddings keep the tokens of the given texts (default:
   the run's target training texts and its unlabelled sources); a loadable PyTorch directory.
 - `--onnx`: model.onnx beside it; `--int8`: model.int8.onnx, ONNX Runtime's dynamic int8
-  quantization of the linear layers.
+  quantization of the linear layers, and model.int8.pt, torch's (TorchScript, `torch.jit.load`).
 
 `export_report.json` gives each file's size on disk, the fraction of the target's test tokens
 that fell to [UNK], and each variant's test accuracy when the run's target is known.
@@ -155,9 +155,12 @@ def _write_variant(model, tokenizer, model_dir: Path, tmp: Path, kept, onnx, int
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        from tlprune.surgery.torch_int8 import save_int8
+
         quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8)
         if not onnx:
             (tmp / "model.onnx").unlink()
+        save_int8(model, tmp / "model.int8.pt")
 
 
 def _measure(tmp: Path, data, tokenizer, kept, onnx, int8) -> dict:
@@ -181,6 +184,9 @@ def _measure(tmp: Path, data, tokenizer, kept, onnx, int8) -> dict:
     for name in ("model.onnx", "model.int8.onnx"):
         if (tmp / name).is_file():
             accuracy[name] = _accuracy(_ort_logits(tmp / name, tok, texts, task), labels)
+    if (tmp / "model.int8.pt").is_file():
+        logits = _jit_logits(tmp / "model.int8.pt", model, tok, texts, task)
+        accuracy["model.int8.pt"] = _accuracy(logits, labels)
     out["test_accuracy"] = accuracy
     out["target"] = task.name
     return out
@@ -199,6 +205,28 @@ def _torch_logits(model, tok, texts, task) -> np.ndarray:
     with torch.no_grad():
         for b in _batches(tok, texts, task):
             out.append(model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy())
+    return np.concatenate(out)
+
+
+def _jit_logits(path: Path, model, tok, texts, task) -> np.ndarray:
+    import torch
+
+    from tlprune.surgery.torch_int8 import with_token_types
+
+    traced = torch.jit.load(str(path))
+    names = ["input_ids", "attention_mask"] + (
+        ["token_type_ids"] if with_token_types(model) else []
+    )
+    out = []
+    with torch.no_grad():
+        for b in _batches(tok, texts, task):
+            args = [
+                torch.from_numpy(b[n])
+                if n in b
+                else torch.zeros_like(torch.from_numpy(b["input_ids"]))
+                for n in names
+            ]
+            out.append(traced(*args).numpy())
     return np.concatenate(out)
 
 
