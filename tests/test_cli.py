@@ -187,10 +187,9 @@ def test_failed_run_leaves_no_output(tmp_path, tiny_bert_dir, data_csv, capsys, 
     assert not out.exists() and list(tmp_path.glob(".run.*")) == []
 
 
-@pytest.mark.parametrize("cmd", ["study", "report"])
-def test_unbuilt_commands_say_so(cmd, capsys):
-    code, _, err = run_cli([cmd, "--target", "x"], capsys)
-    assert code == 2 and "not built yet" in err
+def test_report_of_a_folder_without_a_study_is_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and "holds no study.db" in err and len(err.strip().splitlines()) == 1
 
 
 def test_data_list_and_bad_prepare_name(capsys):

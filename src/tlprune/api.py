@@ -105,6 +105,42 @@ def evaluate(model_dir: str | Path, target: str, **data: object) -> dict:
     return run_eval(model_dir, DataConfig(target=target, budget=None, **data))  # type: ignore[arg-type]
 
 
+def study(
+    spec: str | Path,
+    out: str | Path,
+    *,
+    jobs: int = 1,
+    storage: str | None = None,
+    smoke: bool = False,
+    search: int | None = None,
+    progress: bool = True,
+    heartbeat: int = 30,
+):
+    """Run a study spec into `out` (resumable; store: `storage`, default OUT/study.db): every
+    stage's cells, or with `search`, that many trials of the spec's search space. Returns the
+    StudyResult, or the path of the best configuration found."""
+    from tlprune.study import load_spec, run_study
+    from tlprune.study.search import run_search
+
+    parsed = load_spec(spec)
+    if search is not None:
+        return run_search(parsed, out, search, jobs, storage, smoke, heartbeat)
+    return run_study(parsed, out, jobs, storage, smoke, progress, heartbeat)
+
+
+def report(
+    study_dir: str | Path,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    out: str | Path | None = None,
+) -> Path:
+    """Write report.md, report.html and results.csv of a study into STUDY_DIR/report."""
+    from tlprune.study.report import report as _report
+
+    return _report(study_dir, storage, study_name, out)
+
+
 def load(model_dir: str | Path):
     """(model, tokenizer) of a saved pruned model, in float32, without trust_remote_code."""
     from tlprune.surgery import load as _load
@@ -124,4 +160,6 @@ __all__ = [
     "finetune",
     "load",
     "prune",
+    "report",
+    "study",
 ]

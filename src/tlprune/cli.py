@@ -150,10 +150,6 @@ def data_list() -> None:
         console.print("sizes '-': not prepared yet; run `tlprune data prepare`")
 
 
-def _not_built(command: str, when: str) -> None:
-    raise TlpruneError(f"`tlprune {command}` is not built yet ({when}); use `tlprune finetune`")
-
-
 SparsityOpt = Annotated[
     float | None, typer.Option("--sparsity", help="Fraction of encoder params to remove.")
 ]
@@ -336,16 +332,75 @@ def bench(
     print(format_table(info))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def study() -> None:
-    """Run an experiment grid over presets, budgets and seeds (not built yet)."""
-    _not_built("study", "it lands with the study harness")
+@app.command()
+def study(
+    spec: Annotated[Path, typer.Argument(help="A study spec (YAML), e.g. configs/studies/...")],
+    out: Annotated[Path, typer.Option("--out", help="Study folder: runs, logs, study.db.")],
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", help="Cells at a time (CPU: cores/jobs threads each; GPU: one each)."
+        ),
+    ] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Results store URL (default sqlite:///OUT/study.db); a server database "
+            "(postgresql://...) shares the grid between machines.",
+        ),
+    ] = None,
+    smoke: SmokeOpt = False,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            "--heartbeat",
+            help="Seconds between a worker's heartbeats; a killed worker's cell reruns after 4x.",
+        ),
+    ] = 30,
+    search: Annotated[
+        int | None,
+        typer.Option(
+            "--search",
+            help="Run N trials over the spec's search space instead; writes OUT/best-config.yaml.",
+        ),
+    ] = None,
+) -> None:
+    """Run a study: the spec's grid of runs, stage by stage, resumable; or a search."""
+    from tlprune.api import study as run
+
+    result = run(
+        spec, out, jobs=jobs, storage=storage, smoke=smoke, search=search, heartbeat=heartbeat
+    )
+    if search is not None:
+        print(f"best configuration: {result} (use: tlprune prune --config {result} ...)")
+        return
+    print(f"{len(result.done)} cells finished, {len(result.failed)} failed; store {result.storage}")
+    for name, error in sorted(result.failed.items()):
+        print(f"  failed {name}: {error}")
+    print(f"report: tlprune report {result.out_dir}")
+    if result.failed:
+        raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def report() -> None:
-    """Tables and plots from a study (not built yet)."""
-    _not_built("report", "it lands with the study harness")
+@app.command()
+def report(
+    study_dir: Annotated[Path, typer.Argument(help="A `tlprune study` folder.")],
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Results store URL (default DIR/study.db).")
+    ] = None,
+    study_name: Annotated[
+        str | None, typer.Option("--study", help="Which study of the store.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where report/ goes (default DIR).")
+    ] = None,
+) -> None:
+    """Write report.md, a self-contained report.html and results.csv of a study."""
+    from tlprune.api import report as run
+
+    path = run(study_dir, storage=storage, study_name=study_name, out=out)
+    print(f"report: {path / 'report.md'}, {path / 'report.html'}, {path / 'results.csv'}")
 
 
 def main(argv: list[str] | None = None) -> int:

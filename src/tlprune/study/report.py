@@ -1,0 +1,364 @@
+"""`tlprune report DIR`: report.md, a self-contained report.html and results.csv of a study.
+
+Per setting (target, budget, sparsity) and method: dev and test mean ± std over seeds, paired
+differences to each baseline (Student-t over seeds; bootstrap over test examples within
+seed), achieved and end-of-phase expected sparsity, minutes; the same differences pooled over
+targets; the spec's questions as verdict sentences; the recommended recipe, chosen on dev.
+Figures: accuracy per method with the seeds as points, against sparsity and budget where the
+study varies them, and against measured speedup where cells were benchmarked.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlprune.errors import ConfigError
+from tlprune.paths import atomic_dir
+from tlprune.study.stats import Interval, bootstrap_interval, t_interval, verdict
+
+
+@dataclass
+class Row:
+    """One finished cell."""
+
+    cell: str
+    method: str
+    target: str
+    budget: int | None
+    sparsity: float | None
+    seed: int
+    dev: float
+    test: float
+    correct: list[int] = field(default_factory=list)
+    seconds: float | None = None
+    achieved: float | None = None
+    expected: float | None = None
+    speedup: float | None = None
+
+
+@dataclass
+class StudyData:
+    name: str
+    method_axis: str
+    baselines: list[str]
+    questions: dict[str, dict[str, Any]]
+    rows: list[Row]
+    failed: dict[str, str]
+
+
+def rows_from_store(study, spec) -> StudyData:
+    """The finished cells of a study's store, as report rows."""
+    from tlprune.study import store
+
+    rows = []
+    for t in store.completed(study).values():
+        a, f = t.user_attrs, t.user_attrs["flags"]
+        rows.append(
+            Row(
+                cell=a["cell"],
+                method=a["axes"][spec.method],
+                target=str(f.get("target")),
+                budget=f.get("budget"),
+                sparsity=None if f.get("preset") == "finetune" else f.get("sparsity"),
+                seed=int(f.get("seed", 0)),
+                dev=a["dev"],
+                test=a["test"],
+                correct=a.get("correct", []),
+                seconds=a.get("seconds"),
+                achieved=a.get("achieved"),
+                expected=a.get("expected_at_end"),
+                speedup=a.get("speedup"),
+            )
+        )
+    return StudyData(
+        spec.name, spec.method, spec.baselines, spec.questions, rows, store.failures(study)
+    )
+
+
+Setting = tuple[str, Any, Any]  # target, budget, sparsity
+
+
+def _settings(rows: list[Row]) -> list[Setting]:
+    keys = {(r.target, r.budget, r.sparsity) for r in rows if r.sparsity is not None}
+    if not keys:  # dense runs only
+        keys = {(r.target, r.budget, None) for r in rows}
+    return sorted(keys, key=lambda k: (k[0], k[1] or 0, k[2] or 0))
+
+
+def _cells(rows: list[Row], method: str, setting: Setting) -> dict[int, Row]:
+    """seed -> row of `method` in `setting` (a dense method serves every sparsity)."""
+    target, budget, sparsity = setting
+    out = {}
+    for r in rows:
+        same = r.method == method and r.target == target and r.budget == budget
+        if same and (r.sparsity is None or r.sparsity == sparsity):
+            out[r.seed] = r
+    return out
+
+
+def compare(rows: list[Row], method: str, base: str, settings: list[Setting]) -> Interval:
+    """Test-accuracy differences of `method` minus `base`, paired by setting and seed."""
+    diffs = []
+    for s in settings:
+        a, b = _cells(rows, method, s), _cells(rows, base, s)
+        diffs += [a[k].test - b[k].test for k in sorted(set(a) & set(b))]
+    return t_interval(diffs)
+
+
+def _boot(a: dict[int, Row], b: dict[int, Row]) -> Interval | None:
+    seeds = [k for k in sorted(set(a) & set(b)) if a[k].correct and b[k].correct]
+    if not seeds:
+        return None
+    return bootstrap_interval([np.array(a[k].correct) for k in seeds],
+                              [np.array(b[k].correct) for k in seeds])  # fmt: skip
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _fmt(x: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x * scale, spec)
+
+
+def tables(data: StudyData) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table of the report."""
+    rows, out = data.rows, []
+    methods = sorted({r.method for r in rows}, key=lambda m: (m not in data.baselines, m))
+    settings = _settings(rows)
+    for s in settings:
+        target, budget, sparsity = s
+        header = ["method", "seeds", "dev %", "test % mean ± std"]
+        for b in data.baselines:
+            header += [f"vs {b}: t 95%", f"vs {b}: bootstrap"]
+        header += ["achieved sparsity", "expected at end", "minutes"]
+        body = []
+        for m in methods:
+            cells = _cells(rows, m, s)
+            if not cells:
+                continue
+            test = np.array([c.test for c in cells.values()]) * 100
+            std = f" ± {test.std(ddof=1):.1f}" if len(test) > 1 else ""
+            line = [m, ",".join(map(str, sorted(cells))),
+                    _fmt(_mean([c.dev for c in cells.values()]), ".1f", 100),
+                    f"{test.mean():.1f}{std}"]  # fmt: skip
+            for b in data.baselines:
+                if b == m:
+                    line += ["-", "-"]
+                    continue
+                ref = _cells(rows, b, s)
+                boot = _boot(cells, ref)
+                line += [str(compare(rows, m, b, [s])) if set(cells) & set(ref) else "-",
+                         f"[{boot.lo:+.1f}, {boot.hi:+.1f}]" if boot else "-"]  # fmt: skip
+            exp = [c.expected for c in cells.values() if c.expected is not None]
+            line += [_fmt(_mean([c.achieved for c in cells.values()]), ".3f"),
+                     ", ".join(f"{e:.3f}" for e in exp) or "-",
+                     _fmt(_mean([c.seconds for c in cells.values()]), ".1f", 1 / 60)]  # fmt: skip
+            body.append(line)
+        title = f"{target}, budget {budget}" + (f", sparsity {sparsity}" if sparsity else "")
+        out.append((title, header, body))
+    targets = {s[0] for s in settings}
+    if len(targets) > 1 and data.baselines:
+        header = ["budget", "sparsity", "method"] + [
+            f"vs {b}: t 95% (pairs)" for b in data.baselines
+        ]
+        body = []
+        for budget, sparsity in sorted({(s[1], s[2]) for s in settings}, key=str):
+            group = [s for s in settings if (s[1], s[2]) == (budget, sparsity)]
+            for m in methods:
+                if m in data.baselines[:1]:
+                    continue
+                body.append([str(budget), str(sparsity), m]
+                            + [str(compare(rows, m, b, group)) if b != m else "-"
+                               for b in data.baselines])  # fmt: skip
+        out.append(("pooled over targets (paired by target and seed)", header, body))
+    return out
+
+
+def verdicts(data: StudyData) -> list[str]:
+    """The spec's questions, each comparison as a sentence with its pooled interval."""
+    settings = _settings(data.rows)
+    lines = []
+    for q, body in data.questions.items():
+        for m in body["compare"]:
+            iv = compare(data.rows, m, body["against"], settings)
+            lines.append(f"**{q}**: {verdict(m, body['against'], iv)}")
+    return lines
+
+
+def recommended(data: StudyData) -> str:
+    """The non-baseline method with the best mean dev accuracy over its cells (never test)."""
+    dev: dict[str, list[Row]] = defaultdict(list)
+    for r in data.rows:
+        if r.method not in data.baselines:
+            dev[r.method].append(r)
+    if not dev:
+        return "No recipe beyond the baselines was run."
+    best = max(dev, key=lambda m: np.mean([r.dev for r in dev[m]]))
+    rs = dev[best]
+    d, t = 100 * np.mean([r.dev for r in rs]), 100 * np.mean([r.test for r in rs])
+    return (
+        f"Recommended recipe (chosen on dev accuracy): **{best}**, mean dev {d:.1f} %, "
+        f"test {t:.1f} % over {len(rs)} cells."
+    )
+
+
+def figures(data: StudyData) -> dict[str, bytes]:
+    """PNG figures by file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, out = data.rows, {}
+    methods = sorted({r.method for r in rows}, key=lambda m: (m not in data.baselines, m))
+    settings = _settings(rows)
+    fig, axes = plt.subplots(1, len(settings), figsize=(4 * len(settings), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], settings, strict=True):
+        for i, m in enumerate(methods):
+            pts = [100 * c.test for c in _cells(rows, m, s).values()]
+            if pts:
+                ax.scatter([i] * len(pts), pts, s=18, alpha=0.7)
+                ax.hlines(np.mean(pts), i - 0.3, i + 0.3, color="black")
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"{s[0]}" + (f" sp {s[2]}" if s[2] else ""), fontsize=9)
+        ax.set_ylabel("test accuracy %")
+    out["accuracy.png"] = _png(fig, plt)
+    for axis, label in (("sparsity", "sparsity"), ("budget", "labelled budget")):
+        values = sorted({getattr(r, axis) for r in rows if getattr(r, axis) is not None})
+        if len(values) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for m in methods:
+            xs, ys = [], []
+            for v in values:
+                pts = [r.test for r in rows if r.method == m and getattr(r, axis) == v]
+                if pts:
+                    xs.append(v)
+                    ys.append(100 * np.mean(pts))
+            if xs:
+                ax.plot(xs, ys, marker="o", label=m)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy % (mean over targets and seeds)")
+        ax.legend(fontsize=7)
+        out[f"{axis}.png"] = _png(fig, plt)
+    timed = [r for r in rows if r.speedup]
+    if timed:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for m in sorted({r.method for r in timed}):
+            rs = [r for r in timed if r.method == m]
+            ax.scatter([r.speedup for r in rs], [100 * r.test for r in rs], label=m, s=18)
+        ax.set_xlabel("measured speedup over the dense model (eager, batch 32)")
+        ax.set_ylabel("test accuracy %")
+        ax.legend(fontsize=7)
+        out["speedup.png"] = _png(fig, plt)
+    return out
+
+
+def _png(fig, plt) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in body)]  # fmt: skip
+
+
+def _html_table(header: list[str], body: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def write_report(data: StudyData, out: str | Path) -> Path:
+    """Write report.md, report.html, results.csv and figures/ into `out` (atomically)."""
+    if not data.rows:
+        raise ConfigError("the study has no finished cells yet: run `tlprune study` first")
+    out = Path(out)
+    tabs, said, best, figs = tables(data), verdicts(data), recommended(data), figures(data)
+    md = [f"# Study {data.name}", "", best, ""]
+    if said:
+        md += ["## Verdicts", "", *(f"- {s}" for s in said), ""]
+    for title, header, body in tabs:
+        md += [f"## {title}", "", *_md_table(header, body), ""]
+    md += [f"![{n}](figures/{n})" for n in figs]
+    if data.failed:
+        md += ["", "## Failed cells", "", *(f"- {c}: {e}" for c, e in sorted(data.failed.items()))]
+    parts = [f"<h1>Study {html.escape(data.name)}</h1>", f"<p>{html.escape(best)}</p>"]
+    if said:
+        parts.append(
+            "<h2>Verdicts</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in said) + "</ul>"
+        )
+    for title, header, body in tabs:
+        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, body)]
+    for n, png in figs.items():
+        b64 = base64.b64encode(png).decode()
+        parts.append(f'<figure><img alt="{n}" src="data:image/png;base64,{b64}"></figure>')
+    style = "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{padding:2px 8px}"
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.name)}"
+    page += f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out / "report", overwrite=True) as tmp:
+        (tmp / "figures").mkdir()
+        for n, png in figs.items():
+            (tmp / "figures" / n).write_bytes(png)
+        (tmp / "report.md").write_text("\n".join(md) + "\n")
+        (tmp / "report.html").write_text(page)
+        _write_csv(data, tmp / "results.csv")
+    return out / "report"
+
+
+def _write_csv(data: StudyData, path: Path) -> None:
+    cols = ["cell", "method", "target", "budget", "sparsity", "seed", "dev", "test", "seconds",
+            "achieved", "expected", "speedup"]  # fmt: skip
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for r in sorted(data.rows, key=lambda r: r.cell):
+            w.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in cols])
+
+
+def report(
+    study_dir: str | Path,
+    storage: str | None = None,
+    study_name: str | None = None,
+    out: str | Path | None = None,
+) -> Path:
+    """Open a study's store (default DIR/study.db) and write its report to DIR/report."""
+    import optuna
+
+    from tlprune.study import store
+    from tlprune.study.spec import parse_spec
+
+    study_dir = Path(study_dir).expanduser()
+    if storage is None and not (study_dir / "study.db").is_file():
+        raise ConfigError(
+            f"{study_dir} holds no study.db: give a `tlprune study` folder or --storage"
+        )
+    url = storage or store.default_url(study_dir)
+    names = [s.study_name for s in optuna.get_all_study_summaries(url)]
+    if study_name is None:
+        if len(names) != 1:
+            raise ConfigError(f"the store holds studies {names}: choose one with --study")
+        study_name = names[0]
+    study = store.open_store(study_name, url, create=False)
+    raw = study.user_attrs.get("spec")
+    if raw is None:
+        raise ConfigError(f"study {study_name!r} has no spec recorded: was it run by tlprune?")
+    data = rows_from_store(study, parse_spec(raw, study_name))
+    return write_report(data, out or study_dir)

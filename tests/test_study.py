@@ -1,0 +1,267 @@
+"""`tlprune study` and `tlprune report` on tiny models: stages, resume, failures, two workers,
+a killed worker, search, bad specs, and the report's statistics on a synthetic study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+from tests.test_prune_job import sentiment_csv
+
+from tlprune.cli import main
+
+
+def _spec(tmp_path: Path, tiny: Path, data: Path, **extra) -> Path:
+    raw = {
+        "name": "tiny",
+        "fixed": {"model": str(tiny), "target": str(data), "budget": 60, "sparsity": 0.5},
+        "axes": {
+            "recipe": {
+                "finetune": {"preset": "finetune"},
+                "cofi": {"preset": "cofi"},
+                "fisher": {"preset": "fisher"},
+            },
+            "seed": [0, 1],
+        },
+        "baselines": ["finetune"],
+        "questions": {"how": {"compare": ["fisher"], "against": "cofi"}},
+        "stages": [
+            {"name": "first", "only": {"seed": [0]}},
+            {"name": "confirm", "winners": {"from": "first", "top": 1}},
+        ],
+    }
+    raw.update(extra)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    return sentiment_csv(tmp_path / "d.csv")
+
+
+def _store(out: Path):
+    from tlprune.study.store import default_url, open_store
+
+    return open_store("tiny", default_url(out), create=False)
+
+
+def test_study_runs_stages_resumes_and_reports(tmp_path, tiny_bert_dir, data, capsys):
+    spec, out = _spec(tmp_path, tiny_bert_dir, data), tmp_path / "study"
+    assert main(["study", str(spec), "--out", str(out), "--smoke", "--jobs", "2"]) == 0
+    study = _store(out)
+    done = {t.user_attrs["cell"]: t for t in study.trials if t.state.name == "COMPLETE"}
+    first = {n for n, t in done.items() if t.user_attrs["stage"] == "first"}
+    assert first == {"finetune_s0", "cofi_s0", "fisher_s0"}
+    confirm = {n for n, t in done.items() if t.user_attrs["stage"] == "confirm"}
+    winner = max(["cofi", "fisher"], key=lambda m: done[f"{m}_s0"].user_attrs["dev"])
+    assert confirm == {"finetune_s1", f"{winner}_s1"}  # baselines + the winner of `first`
+    for t in done.values():
+        assert (out / "runs" / t.user_attrs["cell"]).is_dir()
+        assert t.value == t.user_attrs["dev"] and len(t.user_attrs["correct"]) > 0
+    # a second invocation runs nothing again
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "logs").iterdir()}
+    assert main(["study", str(spec), "--out", str(out), "--smoke"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "logs").iterdir()} == stamps
+    assert len(_store(out).trials) == len(study.trials)
+
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    rep = out / "report"
+    md = (rep / "report.md").read_text()
+    assert "Recommended recipe (chosen on dev accuracy)" in md and "vs finetune: t 95%" in md
+    assert "**how**:" in md
+    page = (rep / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(list((rep / "figures").iterdir()))
+    rows = (rep / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("cell,method,target") and len(rows) == 1 + len(done)
+
+
+def test_failed_cell_is_recorded_and_the_others_finish(tmp_path, tiny_bert_dir, data, capsys):
+    axes = {
+        "recipe": {
+            "finetune": {"preset": "finetune"},
+            "broken": {"preset": "cofi", "overrides": ["prune.prune.lr=-1"]},
+        },
+        "seed": [0],
+    }
+    spec = _spec(tmp_path, tiny_bert_dir, data, axes=axes, stages=[{"name": "all"}],
+                 questions={})  # fmt: skip
+    out = tmp_path / "study"
+    assert main(["study", str(spec), "--out", str(out), "--smoke"]) == 1
+    printed = capsys.readouterr().out
+    assert "1 cells finished, 1 failed" in printed and "failed broken_s0: exit 2" in printed
+    from tlprune.study.store import failures
+
+    assert "broken_s0" in failures(_store(out))
+
+
+def test_two_workers_on_one_store_never_run_a_cell_twice(tmp_path, tiny_bert_dir, data):
+    spec, out = _spec(tmp_path, tiny_bert_dir, data), tmp_path / "study"
+    cmd = [sys.executable, "-m", "tlprune", "study", str(spec), "--out", str(out), "--smoke"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(2)]  # fmt: skip
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    trials = [t for t in _store(out).trials if "cell" in t.user_attrs]
+    complete = [t.user_attrs["cell"] for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(complete) == sorted(set(complete)) and len(complete) == 5
+    for log in (out / "logs").iterdir():  # each cell's run started once
+        assert log.read_text().count("$ tlprune ") == 1, log.name
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_cell_is_rerun_with_resume(tmp_path, tiny_bert_dir, data):
+    # a cell long enough to be caught mid-run, checkpointed every 10 steps
+    slow = {
+        "preset": "cofi",
+        "overrides": ["prune.prune.max_steps=400", "prune.checkpoint_every=10"],
+    }
+    axes = {"recipe": {"cofi": slow}, "seed": [0]}
+    spec = _spec(tmp_path, tiny_bert_dir, data, axes=axes, baselines=[], questions={},
+                 stages=[{"name": "all"}])  # fmt: skip
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "tlprune", "study", str(spec), "--out", str(out),
+           "--heartbeat", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    ckpts = out / "runs" / "cofi_s0.partial" / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckpts.is_dir() and any(ckpts.iterdir())) and time.time() < deadline:
+        time.sleep(0.2)
+    assert ckpts.is_dir() and any(ckpts.iterdir()), "the cell never checkpointed"
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert subprocess.call(cmd, env=env, stdout=subprocess.DEVNULL) == 0
+    states = sorted(t.state.name for t in _store(out).trials if "cell" in t.user_attrs)
+    assert states == ["COMPLETE", "FAIL"]  # the lost one, then its retry
+    assert "--resume" in (out / "logs" / "cofi_s0.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"axes": {"colour": [1, 2]}}, "unknown axis 'colour'"),
+        ({"axes": {"recipe": {"x": {"preset": "nope"}}}}, "unknown preset 'nope'"),
+        ({"fixed": {"target": "no-such-data", "model": "m"}}, "unknown target 'no-such-data'"),
+        ({"axes": {}}, "the grid is empty"),
+        ({"stages": [{"name": "a", "only": {"size": [1]}}]}, "names axis 'size'"),
+        ({"stages": [{"name": "a", "winners": {"from": "z"}}]}, "no such stage"),
+        ({"baselines": ["dense"]}, "not among the method axis values"),
+    ],
+)
+def test_bad_specs_give_one_line_and_write_nothing(tmp_path, data, capsys, change, fragment):
+    raw = {
+        "fixed": {"model": "m", "target": str(data)},
+        "axes": {"recipe": {"cofi": {"preset": "cofi"}}},
+    }
+    raw.update(change)
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "study"
+    assert main(["study", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not out.exists()
+
+
+def test_report_intervals_match_hand_computed_ones(tmp_path):
+    from tlprune.study.report import Row, StudyData, compare, tables, write_report
+    from tlprune.study.stats import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    rows, correct = [], {}
+    for target in ("a", "b"):
+        for seed in range(3):
+            for method, p in (("dense", 0.8), ("small", 0.75)):
+                c = (rng.random(200) < p).astype(int)
+                correct[(method, target, seed)] = c
+                rows.append(Row(f"{method}_{target}_s{seed}", method, target, 64,
+                                None if method == "dense" else 0.8, seed,
+                                dev=float(rng.random()), test=float(c.mean()),
+                                correct=c.tolist()))  # fmt: skip
+    data = StudyData("synthetic", "recipe", ["dense"], {}, rows, {})
+    settings = [("a", 64, 0.8), ("b", 64, 0.8)]
+    d = [
+        correct[("small", t, s)].mean() - correct[("dense", t, s)].mean()
+        for t in ("a", "b")
+        for s in range(3)
+    ]
+    x = 100 * np.array(d)
+    lo, hi = stats.t.interval(0.95, 5, loc=x.mean(), scale=stats.sem(x))
+    iv = compare(rows, "small", "dense", settings)
+    assert iv.n == 6 and iv.mean == pytest.approx(x.mean())
+    assert (iv.lo, iv.hi) == (pytest.approx(lo), pytest.approx(hi))
+    boot = bootstrap_interval([correct[("small", "a", s)] for s in range(3)],
+                              [correct[("dense", "a", s)] for s in range(3)])  # fmt: skip
+    per_target = {title: body for title, _, body in tables(data)}
+    small_a = next(r for r in per_target["a, budget 64, sparsity 0.8"] if r[0] == "small")
+    assert small_a[5] == f"[{boot.lo:+.1f}, {boot.hi:+.1f}]"
+    pooled = per_target["pooled over targets (paired by target and seed)"]
+    assert pooled == [["64", "0.8", "small", str(iv)]]
+    path = write_report(data, tmp_path)
+    assert "small" in (path / "report.md").read_text()
+
+
+def test_search_writes_a_config_that_prune_takes(tmp_path, tiny_bert_dir, data):
+    search = {
+        "base": {"preset": "cofi"},
+        "seeds": [0],
+        "space": {"prune.gate_lr": {"low": 0.01, "high": 0.1, "log": True}},
+    }
+    spec, out = _spec(tmp_path, tiny_bert_dir, data, search=search), tmp_path / "study"
+    assert main(["study", str(spec), "--out", str(out), "--smoke", "--search", "2"]) == 0
+    best = out / "best-config.yaml"
+    cfg = yaml.safe_load(best.read_text())
+    assert cfg["preset"] == "cofi" and 0.01 <= cfg["prune"]["gate_lr"] <= 0.1
+    run = tmp_path / "run"
+    code = main(["prune", "--config", str(best), "--model", str(tiny_bert_dir), "--target",
+                 str(data), "--budget", "60", "--smoke", "--out", str(run)])  # fmt: skip
+    assert code == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["prune"]["gate_lr"] == cfg["prune"]["gate_lr"]
+    assert json.loads((run / "prune_report.json").read_text())["preset"] == "cofi"
+
+
+@pytest.mark.slow
+def test_report_html_renders_every_figure_in_headless_chromium(tmp_path):
+    """Opens report.html in Debian's chromium (headless) and checks that every <img> decoded
+    (naturalWidth > 0) in the rendered DOM."""
+    import shutil
+
+    from tlprune.study.report import Row, StudyData, write_report
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt install chromium)")
+    rows = [Row(f"{m}_s{s}", m, "t", 64, None if m == "dense" else sp, s, 0.7, 0.6 + 0.01 * s,
+                [1, 0, 1], speedup=None if m == "dense" else 1 / (1 - sp))
+            for m in ("dense", "small") for s in range(3) for sp in (0.5, 0.8)]  # fmt: skip
+    path = write_report(StudyData("html", "recipe", ["dense"], {}, rows, {}), tmp_path)
+    page = path / "report.html"
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace(
+        "</body>",
+        "<script>window.onload=()=>{const i=[...document.images];document.title="
+        "'IMAGES '+i.length+' OK '+i.filter(x=>x.complete&&x.naturalWidth>0).length}</script>"
+        "</body>",
+    ))  # fmt: skip
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+         "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    n = len(list((path / "figures").iterdir()))
+    assert n >= 3 and f"<title>IMAGES {n} OK {n}</title>" in dom
