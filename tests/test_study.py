@@ -265,3 +265,16 @@ def test_report_html_renders_every_figure_in_headless_chromium(tmp_path):
     ).stdout  # fmt: skip
     n = len(list((path / "figures").iterdir()))
     assert n >= 3 and f"<title>IMAGES {n} OK {n}</title>" in dom
+
+
+SPECS = sorted((Path(__file__).parent.parent / "configs" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_shipped_spec_loads_and_names_known_presets(path):
+    from tlprune.study import load_spec
+
+    spec = load_spec(path)
+    for stage in spec.stages:
+        cells = spec.cells(stage, winners=[] if stage.winners_from else None)
+        assert cells and len({c.name for c in cells}) == len(cells)
