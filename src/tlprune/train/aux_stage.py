@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from tlprune.config import RunConfig
@@ -24,6 +25,7 @@ from tlprune.errors import TlpruneError
 from tlprune.gates import FinalMasks, TargetSchedule, final_masks
 from tlprune.gates.lagrangian import make_gate_optimizers
 from tlprune.train.checkpoint import CheckpointManager, Progress
+from tlprune.train.kill_hook import kill_if_asked
 from tlprune.train.loop import set_trainable, total_steps
 from tlprune.train.metrics_log import MetricsLog
 
@@ -87,6 +89,9 @@ def run_aux_stage(
         k: o for k, o in (("w", w_opt), ("g", gate_opt), ("l", lambda_opt)) if o is not None
     }
     progress = Progress()
+    # the stage's own seed (its dropout draws): without it they followed whatever the process
+    # drew before, and two runs of one command differed; a resume restores the saved state
+    set_seed(cfg.seed + 1)
     latest = ckpt.latest() if resume else None
     if latest is not None:  # the batch streams' positions are buffers of the branch
         progress = ckpt.load(latest, modules, optimizers)
@@ -134,6 +139,7 @@ def run_aux_stage(
                 ckpt.save(progress, modules, optimizers)
             if on_step is not None:
                 on_step(progress.step)
+            kill_if_asked("aux", progress.step)
             bar.set_postfix({k.split("/")[-1][:12]: f"{v:.3f}" for k, v in row.items()})
     finally:
         bar.close()

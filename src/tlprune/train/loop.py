@@ -14,6 +14,7 @@ import torch
 from tlprune.config import TrainConfig
 from tlprune.errors import TlpruneError
 from tlprune.train.evaluate import evaluate
+from tlprune.train.kill_hook import kill_if_asked
 from tlprune.train.metrics_log import MetricsLog
 from tlprune.transfer.adapt import backward_adapted
 
@@ -138,6 +139,7 @@ def train_classifier(
                 bar.set_postfix(loss=f"{task_loss.item():.4f}")
                 aux = {k: float(v) for k, v in parts.items()}
                 log.write({"phase": desc, "step": step, "loss": task_loss.item(), **aux})
+                kill_if_asked(desc, step)
                 if step % eval_every == 0 or step == steps:
                     dev = evaluate(model, dev_loader, num_labels, accelerator)
                     model.train()

@@ -8,7 +8,6 @@ evaluated with the exact-budget binary masks of the moment (what would ship), an
 from __future__ import annotations
 
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from tlprune.gates.lagrangian import check_sparsity, make_gate_optimizers
 from tlprune.gates.target_shift import shift_to_target
 from tlprune.train.checkpoint import CheckpointManager, Progress
 from tlprune.train.evaluate import evaluate
+from tlprune.train.kill_hook import kill_if_asked
 from tlprune.train.loop import set_trainable, total_steps
 from tlprune.train.metrics_log import MetricsLog
 from tlprune.train.sampler import EpochShuffle
@@ -247,9 +247,6 @@ def run_prune_phase(
             ckpt.save(progress, modules, optimizers, extra)
         accelerator.wait_for_everyone()
 
-    # TLPRUNE_KILL_AT_STEP=N (for tests): SIGKILL this process after prune step N, so a
-    # resume in a new process can be checked against an uninterrupted run
-    kill_at = int(os.environ.get("TLPRUNE_KILL_AT_STEP") or 0)
     started = time.perf_counter()
     log = MetricsLog(log_path, accelerator)
     bar = tqdm(
@@ -347,8 +344,7 @@ def run_prune_phase(
                     save_checkpoint()
                 if on_step is not None:
                     on_step(progress.step)
-                if progress.step == kill_at:  # tests only: die here as `kill -9` would
-                    os.kill(os.getpid(), signal.SIGKILL)
+                kill_if_asked("prune", progress.step)
                 if progress.step >= steps:
                     break
             else:

@@ -17,7 +17,7 @@ from typing import Any
 
 from tlprune.paths import atomic_dir, cache_dir
 
-VERSION = 1  # bump when the stage's training changes what the same inputs produce
+VERSION = 2  # bump when the stage's training changes what the same inputs produce
 
 
 def _model_identity(name: str) -> dict:
