@@ -144,6 +144,7 @@ def test_a_killed_worker_s_cell_is_rerun_with_resume(tmp_path, tiny_bert_dir, da
     time.sleep(2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert not (out / "runs" / "cofi_s0").exists()  # nothing that looks finished
     assert subprocess.call(cmd, env=env, stdout=subprocess.DEVNULL) == 0
     states = sorted(t.state.name for t in _store(out).trials if "cell" in t.user_attrs)
     assert states == ["COMPLETE", "FAIL"]  # the lost one, then its retry
