@@ -4,10 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q torch==2.13.0          # CPU build first (never an unpinned torch)
 python3 -m pip install -q -e .
-python3 -m tlprune data prepare vader-amazon
-python3 -m tlprune prune --preset fisher-ft --model minilm --target vader-amazon --budget 256 \
+python3 -m tlprune data prepare vader-amazon vader-movies
+# the transfer preset's default data: --aux vader-movies --unlabelled target-train
+python3 -m tlprune prune --preset transfer --model minilm --target vader-amazon --budget 256 \
     --sparsity 0.8 --seed 0 --out runs/main --overwrite "$@"
 echo
-echo "References at the same budget and sparsity (committed runs, seeds 0-2, same test split):"
+echo "References at the same budget and sparsity (committed runs, seeds 0-2, same test split;"
+echo "fisher-stilts-floor is the transfer preset's recipe):"
 python3 experiments/scarce256_report.py results/scarce256/runs --target amazon \
-    --methods finetune cofi300-0.8 fisher-ft-0.8 fisher-stilts-0.8 | sed -n '/^|/p'
+    --methods finetune cofi300-0.8 fisher-ft-0.8 fisher-stilts-floor-0.8 | sed -n '/^|/p'

@@ -495,3 +495,13 @@ def test_a_pruned_teacher_is_refused(tmp_path, tiny_bert_dir, data, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "already pruned" in err and "Traceback" not in err, err
     assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+def test_transfer_preset_is_fisher_through_a_stilts_teacher_with_a_layer_floor():
+    from tlprune.presets import preset_config
+
+    cfg = preset_config("transfer")
+    assert cfg.prune.method == "fisher" and cfg.fisher.final and cfg.fisher.layer_floor == 0.5
+    assert [a.source for a in cfg.transfer.aux] == ["vader-movies"]
+    assert cfg.transfer.coupling == "sequential" and not cfg.transfer.aux_prune
+    assert cfg.data.unlabelled == ["target-train"] and cfg.distill.unlabelled_weight == 1.0
