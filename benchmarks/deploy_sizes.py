@@ -23,7 +23,7 @@ def dense_sizes(dense_dir: Path) -> dict[str, int]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from tlprune.surgery import export_module
-    from tlprune.train.eval_job import load_any
+    from tlprune.surgery.save import load_any
 
     model, _ = load_any(dense_dir)
     out = {"model.safetensors": (dense_dir / "model.safetensors").stat().st_size}

@@ -148,7 +148,7 @@ def test_compiled_backend_matches_eager(tiny_bert_dir, tmp_path):
     """torch.compile (inductor, needs a C compiler): same logits as eager (about 30 s)."""
     from tlprune.bench.backends import compiled, eager
     from tlprune.bench.latency import random_inputs
-    from tlprune.train.eval_job import load_any
+    from tlprune.surgery.save import load_any
 
     model = load_any(_pruned_dir(tiny_bert_dir, tmp_path))[0]
     x = random_inputs(model.config.vocab_size, 2, 16)

@@ -63,7 +63,7 @@ def load_dense(against: str, labels: list[str]):
     """A model directory as saved, or an alias / hub id with a fresh head for `labels`
     (the head's weights do not change speed)."""
     from tlprune.models import load_classifier
-    from tlprune.train.eval_job import load_any
+    from tlprune.surgery.save import load_any
 
     path = Path(against).expanduser()
     if (path / "config.json").is_file():
@@ -99,7 +99,7 @@ def bench(
     default the run's base model) and return the results; write them to `out_json` if given."""
     from tqdm.auto import tqdm
 
-    from tlprune.train.eval_job import load_any
+    from tlprune.surgery.save import load_any
 
     cfg = config or BenchConfig()
     model_dir = Path(model_dir).expanduser()

@@ -8,6 +8,7 @@ trust_remote_code=True)` work without tlprune installed.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -80,3 +81,20 @@ def load(model_dir: str | Path):
     except (OSError, ValueError):
         tokenizer = None
     return model.eval(), tokenizer
+
+
+def load_any(model_dir: Path):
+    """(model, tokenizer) for a tlprune directory or a plain HF classifier directory."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ModelError(f"{model_dir} has no config.json: give a saved model directory")
+    if json.loads(cfg_path.read_text()).get("model_type") == "tlprune":
+        return load(model_dir)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load {model_dir}: {str(exc).splitlines()[0]}") from None
+    return model, tokenizer

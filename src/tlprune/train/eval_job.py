@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tlprune.config import DataConfig
@@ -10,26 +9,8 @@ from tlprune.data.collate import ClassificationCollator
 from tlprune.data.metrics import classification_metrics
 from tlprune.data.sources import load_task
 from tlprune.errors import ModelError
+from tlprune.surgery.save import load_any
 from tlprune.train.evaluate import predict
-
-
-def load_any(model_dir: Path):
-    """(model, tokenizer) for a tlprune directory or a plain HF classifier directory."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from tlprune.surgery import load
-
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.is_file():
-        raise ModelError(f"{model_dir} has no config.json: give a saved model directory")
-    if json.loads(cfg_path.read_text()).get("model_type") == "tlprune":
-        return load(model_dir)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load {model_dir}: {str(exc).splitlines()[0]}") from None
-    return model, tokenizer
 
 
 def run_eval(model_dir: str | Path, data: DataConfig, batch_size: int = 128) -> dict:

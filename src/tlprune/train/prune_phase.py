@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tlprune.config import RunConfig
+from tlprune.data.sampler import EpochShuffle
 from tlprune.errors import TlpruneError
 from tlprune.gates import FinalMasks, GateSet, Lagrangian, TargetSchedule, final_masks
 from tlprune.gates.lagrangian import check_sparsity, make_gate_optimizers
@@ -28,7 +29,6 @@ from tlprune.train.evaluate import evaluate
 from tlprune.train.kill_hook import kill_if_asked
 from tlprune.train.loop import set_trainable, total_steps
 from tlprune.train.metrics_log import MetricsLog
-from tlprune.train.sampler import EpochShuffle
 from tlprune.transfer.adapt import backward_adapted
 
 

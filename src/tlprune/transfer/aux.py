@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlprune.config import DataConfig
+from tlprune.data.sampler import EpochShuffle
 from tlprune.errors import ConfigError, DataError
-from tlprune.train.sampler import EpochShuffle
 from tlprune.transfer.config import AuxConfig
 from tlprune.transfer.mlm import MLMCollator, MLMHead
 
