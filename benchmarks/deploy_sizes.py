@@ -1,5 +1,6 @@
 """Size on disk and test accuracy of deployable variants against the dense model as users
-ship it today (fp32 safetensors, ONNX fp32 and ONNX Runtime dynamic int8), in one table.
+ship it today (fp32 safetensors, ONNX fp32 and ONNX Runtime dynamic int8), in one table;
+the exported variants include torch's dynamic int8 (TorchScript model.int8.pt).
 
     python benchmarks/deploy_sizes.py DENSE_DIR EXPORT_DIR [EXPORT_DIR ...] [--save FILE.md]
 
@@ -61,7 +62,7 @@ def main() -> None:
             f"| {d.name} (untrimmed fp32) | model.safetensors | - | - | "
             f"{100 * run['test']['accuracy']:.2f} |"
         )
-        for name in ("model.safetensors", "model.onnx", "model.int8.onnx"):
+        for name in ("model.safetensors", "model.onnx", "model.int8.onnx", "model.int8.pt"):
             if name in r["files"]:
                 size, acc = r["files"][name], r["test_accuracy"].get(name)
                 per_file.setdefault(name, []).append(acc - run["test"]["accuracy"])
