@@ -85,9 +85,9 @@ def transfer_step(coupling: str, adapt: bool = False) -> Callable[[str, int, int
     the gradient-cosine weighting's two backward passes (transfer/adapt.py)."""
 
     def make(base: str, size: int, tokens: int, freeze: list[str]) -> Step:
+        from tlprune.config.transfer import AuxConfig, ScheduleConfig, TransferConfig
         from tlprune.transfer.aux import AuxData
         from tlprune.transfer.branch import build_branch
-        from tlprune.transfer.config import AuxConfig, ScheduleConfig, TransferConfig
 
         model = from_hf(load_classifier(base, ["negative", "positive"])).train()
         set_trainable(model, freeze)

@@ -20,12 +20,7 @@ LAYERS = [
     ("tlprune.errors", "tlprune.paths"),
 ]  # fmt: skip
 
-# Known, to be removed: RunConfig holds the TransferConfig that lives in transfer/config.py,
-# whose checks call the transfer registries (groups, schedules).
-KNOWN = {
-    ("tlprune.config", "tlprune.transfer.config"),
-    ("tlprune.transfer.config", "tlprune.config"),
-}
+KNOWN: set[tuple[str, str]] = set()  # exceptions (none)
 
 
 def _layer_of(module: str) -> int:

@@ -13,12 +13,12 @@ from transformers import AutoModelForSequenceClassification
 from tlprune.arch import from_hf, unit_sizes
 from tlprune.cli import main
 from tlprune.config import RunConfig, build_config
+from tlprune.config.transfer import AuxConfig, ScheduleConfig, TransferConfig, parse_aux
 from tlprune.errors import ConfigError
 from tlprune.gates import GateConfig, GateSet
 from tlprune.train.prune_job import run_prune
 from tlprune.transfer.aux import AuxData
 from tlprune.transfer.branch import build_branch
-from tlprune.transfer.config import AuxConfig, ScheduleConfig, TransferConfig, parse_aux
 from tlprune.transfer.groups import copy_log_alphas, copy_weights, select_weights
 from tlprune.transfer.mlm import MLMCollator
 from tlprune.transfer.schedules import Weight

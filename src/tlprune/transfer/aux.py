@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlprune.config import DataConfig
+from tlprune.config.transfer import AuxConfig
 from tlprune.data.sampler import EpochShuffle
 from tlprune.errors import ConfigError, DataError
-from tlprune.transfer.config import AuxConfig
 from tlprune.transfer.mlm import MLMCollator, MLMHead
 
 # Above this share of the target's test texts, an auxiliary is refused rather than cleaned.

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from tlprune.config.transfer import ScheduleConfig, TransferConfig
 from tlprune.gates import GateConfig, GateSet, Lagrangian, expected_sparsity
 from tlprune.transfer.aux import AuxTask
-from tlprune.transfer.config import ScheduleConfig, TransferConfig
 from tlprune.transfer.groups import check_mask_kinds, select_weights
 from tlprune.transfer.schedules import Weight
 

@@ -13,40 +13,10 @@ import re
 import torch
 from torch import nn
 
-from tlprune.config import GATE_KINDS
+from tlprune.config.transfer import check_mask_kinds, parse_weight_groups
 from tlprune.errors import ConfigError
 
-PARTS = ("all", "embeddings", "attention", "ffn", "norm", "layers")
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.([a-z_]+)\.")
-
-Group = tuple[str, range | None]
-
-
-def parse_weight_groups(names: list[str], num_layers: int | None) -> list[Group]:
-    """Check group names (and ranges against `num_layers` when known)."""
-    groups: list[Group] = []
-    for name in names:
-        part, _, span = name.partition("@")
-        if part not in PARTS:
-            raise ConfigError(f"unknown weight group {name!r}; parts are {list(PARTS)}")
-        layers = None
-        if span:
-            m = _RANGE.match(span)
-            if part in ("all", "embeddings") or m is None:
-                raise ConfigError(
-                    f"weight group {name!r}: a layer range is `part@A-B` (e.g. attention@0-2) "
-                    "and applies to attention, ffn, norm and layers"
-                )
-            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-            if hi < lo or (num_layers is not None and hi >= num_layers):
-                raise ConfigError(
-                    f"weight group {name!r}: layers {lo}-{hi} are not within 0-"
-                    f"{(num_layers or 1) - 1}"
-                )
-            layers = range(lo, hi + 1)
-        groups.append((part, layers))
-    return groups
 
 
 def _in_group(name: str, part: str, layers: range | None) -> bool:
@@ -73,16 +43,6 @@ def select_weights(encoder: nn.Module, names: list[str]) -> list[str]:
         for n, _ in encoder.named_parameters()
         if any(_in_group(n, part, layers) for part, layers in groups)
     ]
-
-
-def check_mask_kinds(kinds: list[str]) -> list[str]:
-    """Expand `all` and reject unknown gate kinds."""
-    if "all" in kinds:
-        return list(GATE_KINDS)
-    bad = [k for k in kinds if k not in GATE_KINDS]
-    if bad:
-        raise ConfigError(f"unknown mask group(s) {bad}; choose gate kinds {list(GATE_KINDS)}")
-    return list(kinds)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tlprune.transfer.config import ScheduleConfig
+from tlprune.config.transfer import SCHEDULE_KINDS, ScheduleConfig
 
 # progress in [0, 1] over the whole prune phase -> factor between value (0) and end (1)
 SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -19,6 +19,7 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "linear": lambda p: p,
     "cosine": lambda p: 0.5 * (1.0 - math.cos(math.pi * p)),
 }
+assert tuple(SCHEDULES) == SCHEDULE_KINDS, "the config's schedule names and these must agree"
 
 
 @dataclass

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tlprune.config.transfer import parse_aux
 from tlprune.errors import DataError
 from tlprune.transfer.aux import load_aux
-from tlprune.transfer.config import parse_aux
 
 
 @dataclass

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tlprune.config import TrainConfig
+from tlprune.config.kinds import GATE_KINDS
+from tlprune.config.train import TrainConfig
 from tlprune.errors import ConfigError
 
 COUPLINGS = ("none", "shared", "soft", "sequential")
@@ -15,6 +16,48 @@ SEQUENTIAL_VARIANTS = ("fixed_masks", "reprune")
 ADAPT = ("none", "cosine")
 AUX_TASKS = ("classification", "mlm", "regression")
 MLM_TARGET_TEXTS = ("budget", "train")
+SCHEDULE_KINDS = ("constant", "linear", "cosine")  # transfer/schedules.py implements each
+PARTS = ("all", "embeddings", "attention", "ffn", "norm", "layers")  # weight groups (what)
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+Group = tuple[str, range | None]
+
+
+def parse_weight_groups(names: list[str], num_layers: int | None) -> list[Group]:
+    """Check weight-group names (and ranges against `num_layers` when known): `all`,
+    `embeddings`, or `attention|ffn|norm|layers[@A-B]`."""
+    groups: list[Group] = []
+    for name in names:
+        part, _, span = name.partition("@")
+        if part not in PARTS:
+            raise ConfigError(f"unknown weight group {name!r}; parts are {list(PARTS)}")
+        layers = None
+        if span:
+            m = _RANGE.match(span)
+            if part in ("all", "embeddings") or m is None:
+                raise ConfigError(
+                    f"weight group {name!r}: a layer range is `part@A-B` (e.g. attention@0-2) "
+                    "and applies to attention, ffn, norm and layers"
+                )
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            if hi < lo or (num_layers is not None and hi >= num_layers):
+                raise ConfigError(
+                    f"weight group {name!r}: layers {lo}-{hi} are not within 0-"
+                    f"{(num_layers or 1) - 1}"
+                )
+            layers = range(lo, hi + 1)
+        groups.append((part, layers))
+    return groups
+
+
+def check_mask_kinds(kinds: list[str]) -> list[str]:
+    """Expand `all` and reject unknown gate kinds (mask groups M)."""
+    if "all" in kinds:
+        return list(GATE_KINDS)
+    bad = [k for k in kinds if k not in GATE_KINDS]
+    if bad:
+        raise ConfigError(f"unknown mask group(s) {bad}; choose gate kinds {list(GATE_KINDS)}")
+    return list(kinds)
 
 
 @dataclass
@@ -31,10 +74,10 @@ class ScheduleConfig:
     off_after: str | None = None
 
     def __post_init__(self) -> None:
-        from tlprune.transfer.schedules import SCHEDULES
-
-        if self.kind not in SCHEDULES:
-            raise ConfigError(f"unknown schedule kind {self.kind!r}; choose from {list(SCHEDULES)}")
+        if self.kind not in SCHEDULE_KINDS:
+            raise ConfigError(
+                f"unknown schedule kind {self.kind!r}; choose from {list(SCHEDULE_KINDS)}"
+            )
         if self.value < 0 or self.end < 0:
             raise ConfigError(
                 f"schedule weights must be >= 0, got value {self.value}, end {self.end}"
@@ -130,8 +173,6 @@ class TransferConfig:
     adapt: str = "none"
 
     def __post_init__(self) -> None:
-        from tlprune.transfer.groups import check_mask_kinds, parse_weight_groups
-
         if self.coupling not in COUPLINGS:
             raise ConfigError(f"unknown coupling {self.coupling!r}; choose from {list(COUPLINGS)}")
         if self.variant not in SEQUENTIAL_VARIANTS:
@@ -195,8 +236,6 @@ class TransferConfig:
                 "to carry in transfer.masks"
             )
         if c == "sequential" and self.aux_prune and self.variant == "fixed_masks":
-            from tlprune.transfer.groups import check_mask_kinds
-
             missing = [k for k in prune.kinds if k not in check_mask_kinds(self.masks)]
             if missing:
                 raise ConfigError(
