@@ -83,7 +83,7 @@ def prune(
     if sparsity is not None:
         cfg = replace(cfg, prune=replace(cfg.prune, sparsity=sparsity))
     if aux is not None:  # `[mlm:|reg:]SOURCE[@WEIGHT]` strings, as on the command line
-        from tlprune.transfer.config import parse_aux
+        from tlprune.config.transfer import parse_aux
 
         cfg = replace(cfg, transfer=replace(cfg.transfer, aux=[parse_aux(a) for a in aux]))
     cfg = _with_common(cfg, model, target, budget, seed, out, smoke)

@@ -212,7 +212,7 @@ def prune(
     if aux:  # replaces the preset's auxiliaries
         from dataclasses import asdict
 
-        from tlprune.transfer.config import parse_aux
+        from tlprune.config.transfer import parse_aux
 
         flags["transfer"] = {"aux": [asdict(parse_aux(a)) for a in aux]}
     if teacher is not None:
