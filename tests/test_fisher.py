@@ -116,6 +116,16 @@ def test_layer_floor_keeps_every_layer_alive_and_still_meets_the_budget(tiny_ber
     assert masks["ffn_unit"][1, best].all()
 
 
+def test_layer_floor_keeps_a_head_where_the_share_rounds_to_none(tiny_bert_dir):
+    sizes = unit_sizes(_dense(tiny_bert_dir).config)
+    budget = math.floor(0.3 * sizes.full_size)  # 0.5 x 0.3 x 4 heads = 0.6: rounds to 0
+    heads, units = layer_floor_counts(sizes, budget, 0.5)
+    assert heads == 1 and units == math.floor(0.5 * budget / sizes.full_size * sizes.ffn)
+    diag = {"head": torch.rand(2, 4) + torch.tensor([[10.0], [0.0]]), "ffn_unit": torch.rand(2, 64)}
+    masks = search_masks(diag, sizes, budget, floor=0.5)
+    assert (masks["head"].sum(1) >= 1).all()
+
+
 def test_layer_floor_zero_is_the_plain_search(tiny_bert_dir):
     sizes = unit_sizes(_dense(tiny_bert_dir).config)
     diag = {"head": torch.rand(2, 4), "ffn_unit": torch.rand(2, 64)}

@@ -3,7 +3,6 @@ a killed worker, search, bad specs, and the report's statistics on a synthetic s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -71,15 +70,23 @@ def test_study_runs_stages_resumes_and_reports(tmp_path, tiny_bert_dir, data, ca
         assert t.value == t.user_attrs["dev"] and len(t.user_attrs["correct"]) > 0
     # a second invocation runs nothing again
     stamps = {p: p.stat().st_mtime_ns for p in (out / "logs").iterdir()}
+    trials = len(study.trials)
     assert main(["study", str(spec), "--out", str(out), "--smoke"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "logs").iterdir()} == stamps
-    assert len(_store(out).trials) == len(study.trials)
+    assert len(_store(out).trials) == trials
+    # a changed spec on the same store is refused, not mixed with the old cells
+    edited = spec.read_text().replace("budget: 60", "budget: 50")
+    spec.write_text(edited)
+    capsys.readouterr()
+    assert main(["study", str(spec), "--out", str(out), "--smoke"]) == 2
+    assert "ran with other flags" in capsys.readouterr().err
 
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     rep = out / "report"
     md = (rep / "report.md").read_text()
-    assert "Recommended recipe (chosen on dev accuracy)" in md and "vs finetune: t 95%" in md
+    assert "Recommended recipe (chosen on dev accuracy over the" in md
+    assert "vs finetune: t 95%" in md
     assert "**how**:" in md
     page = (rep / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == len(list((rep / "figures").iterdir()))
@@ -161,6 +168,7 @@ def test_a_killed_worker_s_cell_is_rerun_with_resume(tmp_path, tiny_bert_dir, da
         ({"stages": [{"name": "a", "only": {"size": [1]}}]}, "names axis 'size'"),
         ({"stages": [{"name": "a", "winners": {"from": "z"}}]}, "no such stage"),
         ({"baselines": ["dense"]}, "not among the method axis values"),
+        ({"stages": [{"name": "a"}, {"name": "b", "winners": {"top": 2}}]}, "needs `from"),
     ],
 )
 def test_bad_specs_give_one_line_and_write_nothing(tmp_path, data, capsys, change, fragment):
@@ -194,7 +202,7 @@ def test_report_intervals_match_hand_computed_ones(tmp_path):
                                 dev=float(rng.random()), test=float(c.mean()),
                                 correct=c.tolist()))  # fmt: skip
     data = StudyData("synthetic", "recipe", ["dense"], {}, rows, {})
-    settings = [("a", 64, 0.8), ("b", 64, 0.8)]
+    settings = [("a", 64, 0.8, ""), ("b", 64, 0.8, "")]
     d = [
         correct[("small", t, s)].mean() - correct[("dense", t, s)].mean()
         for t in ("a", "b")
@@ -211,9 +219,57 @@ def test_report_intervals_match_hand_computed_ones(tmp_path):
     small_a = next(r for r in per_target["a, budget 64, sparsity 0.8"] if r[0] == "small")
     assert small_a[5] == f"[{boot.lo:+.1f}, {boot.hi:+.1f}]"
     pooled = per_target["pooled over targets (paired by target and seed)"]
-    assert pooled == [["64", "0.8", "small", str(iv)]]
+    assert pooled == [["64", "0.8", "-", "small", str(iv)]]
     path = write_report(data, tmp_path)
     assert "small" in (path / "report.md").read_text()
+
+
+def test_a_winners_stage_needs_no_baselines(tmp_path, data):
+    from tlprune.study import parse_spec
+
+    raw = {
+        "fixed": {"model": "m", "target": str(data)},
+        "axes": {"recipe": {"a": {"preset": "cofi"}, "b": {"preset": "fisher"}}, "seed": [0, 1]},
+        "stages": [
+            {"name": "s1", "only": {"seed": [0]}},
+            {"name": "s2", "winners": {"from": "s1"}},
+        ],
+    }
+    spec = parse_spec(raw)
+    assert [c.name for c in spec.cells(spec.stages[1], winners=["b"])] == ["b_s0", "b_s1"]
+
+
+def test_bootstrap_draws_one_example_set_for_all_seeds():
+    """Seeds share the test set: three identical seeds give the one-seed interval (independent
+    draws per seed would narrow it by about sqrt(3))."""
+    from tlprune.study.stats import bootstrap_interval
+
+    rng = np.random.default_rng(1)
+    x, y = (rng.random(300) < 0.8).astype(int), (rng.random(300) < 0.7).astype(int)
+    one = bootstrap_interval([x], [y], seed=5)
+    three = bootstrap_interval([x, x, x], [y, y, y], seed=5)
+    assert (three.lo, three.hi) == (pytest.approx(one.lo), pytest.approx(one.hi))
+    assert one.hi - one.lo > 5  # 300 examples: several points wide
+
+
+def test_dense_runs_count_once_and_no_spread_is_no_verdict():
+    """A dense baseline serves two sparsities but is one run: one pair, no interval, and a
+    verdict that says so; other axes (a model axis) keep their rows apart."""
+    from tlprune.study.report import Row, StudyData, compare, tables, verdict
+
+    rows = [Row("d", "dense", "t", 64, None, 0, 0.7, 0.80),
+            Row("d2", "dense2", "t", 64, None, 0, 0.7, 0.77)]  # fmt: skip
+    for sp in (0.5, 0.8):
+        for model in ("a", "b"):
+            rows.append(Row(f"s{sp}{model}", "small", "t", 64, sp, 0, 0.6,
+                            0.70 if model == "a" else 0.60, group=f"model={model}"))  # fmt: skip
+    settings = [("t", 64, 0.5, ""), ("t", 64, 0.8, "")]
+    iv = compare(rows, "dense2", "dense", settings)
+    assert iv.n == 1 and not iv.significant
+    assert "no interval" in verdict("dense2", "dense", iv)
+    titles = [t for t, _, _ in tables(StudyData("x", "recipe", ["dense"], {}, rows, {}))]
+    assert "t, budget 64, sparsity 0.5, model=a" in titles
+    assert "t, budget 64, sparsity 0.5, model=b" in titles
 
 
 def test_search_writes_a_config_that_prune_takes(tmp_path, tiny_bert_dir, data):
@@ -228,12 +284,20 @@ def test_search_writes_a_config_that_prune_takes(tmp_path, tiny_bert_dir, data):
     cfg = yaml.safe_load(best.read_text())
     assert cfg["preset"] == "cofi" and 0.01 <= cfg["prune"]["gate_lr"] <= 0.1
     run = tmp_path / "run"
-    code = main(["prune", "--config", str(best), "--model", str(tiny_bert_dir), "--target",
-                 str(data), "--budget", "60", "--smoke", "--out", str(run)])  # fmt: skip
-    assert code == 0
+    assert main(["prune", "--config", str(best), "--smoke", "--out", str(run)]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["prune"]["gate_lr"] == cfg["prune"]["gate_lr"]
-    assert json.loads((run / "prune_report.json").read_text())["preset"] == "cofi"
+    # the searched cell's whole setup, not only the searched value
+    searched = [yaml.safe_load(p.read_text()) for p in (out / "runs").glob("search-*/config.yaml")]
+    twin = next(c for c in searched if c["prune"]["gate_lr"] == cfg["prune"]["gate_lr"])
+    for section in ("model", "data", "prune", "transfer", "distill"):
+        assert saved[section] == twin[section], section
+    assert saved["prune"]["sparsity"] == 0.5 and saved["data"]["budget"] == 60
+    # a second --search continues instead of repeating the first trials
+    first = sorted(c["prune"]["gate_lr"] for c in searched)
+    assert main(["study", str(spec), "--out", str(out), "--smoke", "--search", "1"]) == 0
+    again = sorted(yaml.safe_load(p.read_text())["prune"]["gate_lr"]
+                   for p in (out / "runs").glob("search-*/config.yaml"))  # fmt: skip
+    assert len(again) == 3 and len(set(again)) == 3 and set(first) < set(again)
 
 
 @pytest.mark.slow

@@ -378,8 +378,10 @@ def study(
     print(f"{len(result.done)} cells finished, {len(result.failed)} failed; store {result.storage}")
     for name, error in sorted(result.failed.items()):
         print(f"  failed {name}: {error}")
+    if result.not_run:
+        print(f"  not run: {', '.join(result.not_run)} (run the same command again)")
     print(f"report: tlprune report {result.out_dir}")
-    if result.failed:
+    if result.failed or result.not_run:
         raise typer.Exit(1)
 
 

@@ -109,11 +109,18 @@ def _priority(score: Tensor, floor: int) -> Tensor:
 
 def layer_floor_counts(sizes: UnitSizes, budget: int, floor: float) -> tuple[int, int]:
     """Heads and FFN units every layer keeps at least: `floor` times the budget's average
-    fraction of each (floor 0: none; 1: every layer at least the average)."""
+    fraction of each, rounded down, and at least one head where that fits (floor 0: none)."""
     if floor <= 0:
         return 0, 0
     keep = budget / sizes.full_size
-    return math.floor(floor * keep * sizes.num_heads), math.floor(floor * keep * sizes.ffn)
+    heads = math.floor(floor * keep * sizes.num_heads)
+    units = math.floor(floor * keep * sizes.ffn)
+    # at high sparsity the share rounds to no head at all, the very emptying the floor is
+    # for: one head per layer then, where one head and the FFN floor of every layer fit
+    one = sizes.num_layers * (sizes.head_params() + units * sizes.ffn_unit_params())
+    if heads == 0 and one <= budget:
+        heads = 1
+    return heads, units
 
 
 def search_masks(

@@ -15,6 +15,7 @@ import csv
 import html
 import io
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Row:
     achieved: float | None = None
     expected: float | None = None
     speedup: float | None = None
+    group: str = ""  # the cell's other axes (e.g. "model=bert"): rows pair within a group
 
 
 @dataclass
@@ -61,8 +63,10 @@ def rows_from_store(study, spec) -> StudyData:
     from tlprune.study import store
 
     rows = []
+    plain = {spec.method, "seed", "target", "budget", "sparsity"}
     for t in store.completed(study).values():
         a, f = t.user_attrs, t.user_attrs["flags"]
+        group = ", ".join(f"{k}={v}" for k, v in a["axes"].items() if k not in plain)
         rows.append(
             Row(
                 cell=a["cell"],
@@ -78,6 +82,7 @@ def rows_from_store(study, spec) -> StudyData:
                 achieved=a.get("achieved"),
                 expected=a.get("expected_at_end"),
                 speedup=a.get("speedup"),
+                group=group,
             )
         )
     return StudyData(
@@ -85,34 +90,36 @@ def rows_from_store(study, spec) -> StudyData:
     )
 
 
-Setting = tuple[str, Any, Any]  # target, budget, sparsity
+Setting = tuple[str, Any, Any, str]  # target, budget, sparsity, other axes
 
 
 def _settings(rows: list[Row]) -> list[Setting]:
-    keys = {(r.target, r.budget, r.sparsity) for r in rows if r.sparsity is not None}
+    keys = {(r.target, r.budget, r.sparsity, r.group) for r in rows if r.sparsity is not None}
     if not keys:  # dense runs only
-        keys = {(r.target, r.budget, None) for r in rows}
-    return sorted(keys, key=lambda k: (k[0], k[1] or 0, k[2] or 0))
+        keys = {(r.target, r.budget, None, r.group) for r in rows}
+    return sorted(keys, key=lambda k: (k[0], k[1] or 0, k[2] or 0, k[3]))
 
 
 def _cells(rows: list[Row], method: str, setting: Setting) -> dict[int, Row]:
     """seed -> row of `method` in `setting` (a dense method serves every sparsity)."""
-    target, budget, sparsity = setting
+    target, budget, sparsity, group = setting
     out = {}
     for r in rows:
-        same = r.method == method and r.target == target and r.budget == budget
+        same = r.method == method and (r.target, r.budget, r.group) == (target, budget, group)
         if same and (r.sparsity is None or r.sparsity == sparsity):
             out[r.seed] = r
     return out
 
 
 def compare(rows: list[Row], method: str, base: str, settings: list[Setting]) -> Interval:
-    """Test-accuracy differences of `method` minus `base`, paired by setting and seed."""
-    diffs = []
+    """Test-accuracy differences of `method` minus `base`, paired by setting and seed; each
+    pair of runs counts once (a dense run serves every sparsity, but is one run)."""
+    pairs: dict[tuple[str, str], float] = {}
     for s in settings:
         a, b = _cells(rows, method, s), _cells(rows, base, s)
-        diffs += [a[k].test - b[k].test for k in sorted(set(a) & set(b))]
-    return t_interval(diffs)
+        for k in sorted(set(a) & set(b)):
+            pairs[(a[k].cell, b[k].cell)] = a[k].test - b[k].test
+    return t_interval(list(pairs.values()))
 
 
 def _boot(a: dict[int, Row], b: dict[int, Row]) -> Interval | None:
@@ -138,7 +145,7 @@ def tables(data: StudyData) -> list[tuple[str, list[str], list[list[str]]]]:
     methods = sorted({r.method for r in rows}, key=lambda m: (m not in data.baselines, m))
     settings = _settings(rows)
     for s in settings:
-        target, budget, sparsity = s
+        target, budget, sparsity, group = s
         header = ["method", "seeds", "dev %", "test % mean ± std"]
         for b in data.baselines:
             header += [f"vs {b}: t 95%", f"vs {b}: bootstrap"]
@@ -167,6 +174,7 @@ def tables(data: StudyData) -> list[tuple[str, list[str], list[list[str]]]]:
                      _fmt(_mean([c.seconds for c in cells.values()]), ".1f", 1 / 60)]  # fmt: skip
             body.append(line)
         title = f"{target}, budget {budget}" + (f", sparsity {sparsity}" if sparsity else "")
+        title += f", {group}" if group else ""
         out.append((title, header, body))
     targets = {s[0] for s in settings}
     if len(targets) > 1 and data.baselines:
@@ -174,12 +182,13 @@ def tables(data: StudyData) -> list[tuple[str, list[str], list[list[str]]]]:
             f"vs {b}: t 95% (pairs)" for b in data.baselines
         ]
         body = []
-        for budget, sparsity in sorted({(s[1], s[2]) for s in settings}, key=str):
-            group = [s for s in settings if (s[1], s[2]) == (budget, sparsity)]
+        header.insert(2, "other axes")
+        for budget, sparsity, other in sorted({(s[1], s[2], s[3]) for s in settings}, key=str):
+            group = [s for s in settings if (s[1], s[2], s[3]) == (budget, sparsity, other)]
             for m in methods:
                 if m in data.baselines[:1]:
                     continue
-                body.append([str(budget), str(sparsity), m]
+                body.append([str(budget), str(sparsity), other or "-", m]
                             + [str(compare(rows, m, b, group)) if b != m else "-"
                                for b in data.baselines])  # fmt: skip
         out.append(("pooled over targets (paired by target and seed)", header, body))
@@ -198,19 +207,23 @@ def verdicts(data: StudyData) -> list[str]:
 
 
 def recommended(data: StudyData) -> str:
-    """The non-baseline method with the best mean dev accuracy over its cells (never test)."""
-    dev: dict[str, list[Row]] = defaultdict(list)
+    """The non-baseline method with the best mean dev accuracy (never test), over the cells
+    every such method finished (paired), so that no recipe wins by where it was run."""
+    by: dict[str, dict[tuple, Row]] = defaultdict(dict)
     for r in data.rows:
         if r.method not in data.baselines:
-            dev[r.method].append(r)
-    if not dev:
+            by[r.method][(r.target, r.budget, r.sparsity, r.group, r.seed)] = r
+    if not by:
         return "No recipe beyond the baselines was run."
-    best = max(dev, key=lambda m: np.mean([r.dev for r in dev[m]]))
-    rs = dev[best]
+    common = set.intersection(*(set(d) for d in by.values()))
+    if not common:
+        return "No cell was run by every recipe: no paired recommendation."
+    best = max(by, key=lambda m: np.mean([by[m][k].dev for k in common]))
+    rs = [by[best][k] for k in common]
     d, t = 100 * np.mean([r.dev for r in rs]), 100 * np.mean([r.test for r in rs])
     return (
-        f"Recommended recipe (chosen on dev accuracy): **{best}**, mean dev {d:.1f} %, "
-        f"test {t:.1f} % over {len(rs)} cells."
+        f"Recommended recipe (chosen on dev accuracy over the {len(common)} cells every recipe "
+        f"ran): **{best}**, mean dev {d:.1f} %, test {t:.1f} %."
     )
 
 
@@ -299,16 +312,23 @@ def write_report(data: StudyData, out: str | Path) -> Path:
     md += [f"![{n}](figures/{n})" for n in figs]
     if data.failed:
         md += ["", "## Failed cells", "", *(f"- {c}: {e}" for c, e in sorted(data.failed.items()))]
-    parts = [f"<h1>Study {html.escape(data.name)}</h1>", f"<p>{html.escape(best)}</p>"]
+
+    def h(text: str) -> str:  # escaped, with the Markdown bold as <b>
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+
+    parts = [f"<h1>Study {html.escape(data.name)}</h1>", f"<p>{h(best)}</p>"]
     if said:
-        parts.append(
-            "<h2>Verdicts</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in said) + "</ul>"
-        )
+        parts.append("<h2>Verdicts</h2><ul>" + "".join(f"<li>{h(x)}</li>" for x in said) + "</ul>")
     for title, header, body in tabs:
         parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, body)]
     for n, png in figs.items():
         b64 = base64.b64encode(png).decode()
         parts.append(f'<figure><img alt="{n}" src="data:image/png;base64,{b64}"></figure>')
+    if data.failed:
+        items = "".join(
+            f"<li>{html.escape(c)}: {html.escape(e)}</li>" for c, e in sorted(data.failed.items())
+        )
+        parts.append(f"<h2>Failed cells</h2><ul>{items}</ul>")
     style = "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{padding:2px 8px}"
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.name)}"
     page += f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
@@ -324,8 +344,8 @@ def write_report(data: StudyData, out: str | Path) -> Path:
 
 
 def _write_csv(data: StudyData, path: Path) -> None:
-    cols = ["cell", "method", "target", "budget", "sparsity", "seed", "dev", "test", "seconds",
-            "achieved", "expected", "speedup"]  # fmt: skip
+    cols = ["cell", "method", "target", "budget", "sparsity", "group", "seed", "dev", "test",
+            "seconds", "achieved", "expected", "speedup"]  # fmt: skip
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -351,7 +371,9 @@ def report(
             f"{study_dir} holds no study.db: give a `tlprune study` folder or --storage"
         )
     url = storage or store.default_url(study_dir)
-    names = [s.study_name for s in optuna.get_all_study_summaries(url)]
+    names = [  # the grids, not their searches (which record no spec)
+        s.study_name for s in optuna.get_all_study_summaries(url) if "spec" in s.user_attrs
+    ]
     if study_name is None:
         if len(names) != 1:
             raise ConfigError(f"the store holds studies {names}: choose one with --study")
@@ -360,5 +382,5 @@ def report(
     raw = study.user_attrs.get("spec")
     if raw is None:
         raise ConfigError(f"study {study_name!r} has no spec recorded: was it run by tlprune?")
-    data = rows_from_store(study, parse_spec(raw, study_name))
+    data = rows_from_store(study, parse_spec(raw, study_name, check=False))
     return write_report(data, out or study_dir)

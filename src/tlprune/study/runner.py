@@ -8,6 +8,7 @@ two cores slow each other several-fold); with GPUs, worker i sees GPU i mod n on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -35,6 +36,7 @@ class StudyResult:
     storage: str
     done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    not_run: list[str] = field(default_factory=list)  # e.g. a worker crashed before them
 
 
 def cell_result(run_dir: Path) -> dict[str, Any] | None:
@@ -64,7 +66,7 @@ def cell_result(run_dir: Path) -> dict[str, Any] | None:
     bench = run_dir / "bench.json"
     if bench.is_file():
         rows = json.loads(bench.read_text())["results"]
-        big = [r for r in rows if r["backend"] == "eager" and r["batch"] > 1] or rows
+        big = [r for r in rows if r["backend"] == "eager" and r["batch"] > 1]
         if big and "speedup" in big[-1]:
             out["speedup"] = big[-1]["speedup"]
     return out
@@ -108,13 +110,25 @@ class _Runner:
             raise optuna.TrialPruned()
         a = trial.user_attrs
         cell = Cell(a["cell"], a["stage"], a["axes"], a["flags"])
+        before = [t for t in store.trials_by_cell(self.study).get(cell.name, [])
+                  if t.number < trial.number]  # fmt: skip
+        # the last attempt's worker died (failed without an error): continue its run
+        retry = (
+            bool(before)
+            and before[-1].state.name == "FAIL"
+            and "error" not in before[-1].user_attrs
+        )
         with self._lock:
             slot = self._slots.pop(0)
         try:
-            result = self.run(cell, slot)
+            with _cell_lock(self.out, cell.name):  # one run per cell folder, whoever popped it
+                result = self.run(cell, slot, resume=retry)
         except CellFailed as exc:
             trial.set_user_attr("error", str(exc))
             raise
+        except Exception as exc:  # a bug or a broken file: recorded, the worker goes on
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            raise CellFailed(str(exc)) from exc
         finally:
             with self._lock:
                 self._slots.append(slot)
@@ -122,32 +136,35 @@ class _Runner:
             trial.set_user_attr(k, v)
         return float(result["dev"])
 
-    def run(self, cell: Cell, slot: int) -> dict[str, Any]:
+    def run(self, cell: Cell, slot: int, resume: bool = True) -> dict[str, Any]:
+        """Run (or continue, or just finish) one cell; its metrics."""
         run_dir = self.out / "runs" / cell.name
         done = cell_result(run_dir)
-        if done is not None:  # finished before its worker could record it
-            return done
-        args = cell.args(run_dir, self.smoke)
-        if run_dir.with_name(run_dir.name + ".partial").is_dir() and cell.command == "prune":
-            args.append("--resume")
-        elif run_dir.exists():
-            args.append("--overwrite")
-        self._call(cell, args, slot)
-        if self.spec.bench and cell.command == "prune":
+        if done is None:
+            args = cell.args(run_dir, self.smoke)
+            partial = run_dir.with_name(run_dir.name + ".partial")
+            if resume and partial.is_dir() and cell.command == "prune":
+                args.append("--resume")  # a killed run continues from its checkpoint
+            elif run_dir.exists() or partial.exists():
+                args.append("--overwrite")  # a failed run (the spec may have changed) restarts
+            self._call(cell, args, slot)
+        if self.spec.bench and cell.command == "prune" and not (run_dir / "bench.json").is_file():
             b = self.spec.bench
             bench = ["bench", str(run_dir), "--repeats", str(b.get("repeats", 10))]
             bench += ["--backends", ",".join(b.get("backends", ["eager"]))]
             bench += ["--json", str(run_dir / "bench.json")]
-            self._call(cell, bench, slot, append=True)
+            self._call(cell, bench, slot)
         result = cell_result(run_dir)
         if result is None:
             raise CellFailed(f"{cell.name}: the run exited 0 but wrote no report")
         return result
 
-    def _call(self, cell: Cell, args: list[str], slot: int, append: bool = False) -> None:
+    def _call(self, cell: Cell, args: list[str], slot: int) -> None:
+        """One `tlprune` process; its output appended to the cell's log (one header a start)."""
         log = self.out / "logs" / f"{cell.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a" if append else "w") as fh:
+        with open(log, "a") as fh:
+            start = fh.tell()
             fh.write(f"$ tlprune {' '.join(args)}\n")
             fh.flush()
             code = subprocess.call(
@@ -157,8 +174,27 @@ class _Runner:
                 env=_env(slot, self.jobs),
             )
         if code != 0:
-            lines = [x for x in log.read_text().splitlines() if x.strip()]
+            with open(log) as fh:
+                fh.seek(start)
+                lines = [x for x in fh.read().splitlines() if x.strip()]
             raise CellFailed(f"exit {code}: {lines[-1] if lines else 'no output'} (see {log})")
+
+
+@contextlib.contextmanager
+def _cell_lock(out: Path, name: str):
+    """An exclusive lock on the cell's folder for the life of its run: two workers that took
+    the same trial (SQLite can hand one waiting trial to two connections) or two trials of one
+    cell never run it at once; the second waits, then finds it finished."""
+    import fcntl
+
+    path = out / "runs" / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _worker(study, runner: _Runner, names: set[str], heartbeat: int) -> None:
@@ -169,7 +205,10 @@ def _worker(study, runner: _Runner, names: set[str], heartbeat: int) -> None:
         fail_stale_trials(study)
         trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("cell") in names]
         if any(t.state == TrialState.WAITING for t in trials):
-            study.optimize(runner, n_trials=1, catch=(CellFailed,))
+            try:
+                study.optimize(runner, n_trials=1, catch=(CellFailed,))
+            except Exception as exc:  # e.g. the store said another worker finished it
+                print(f"study worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         elif any(t.state == TrialState.RUNNING for t in trials):
             time.sleep(heartbeat)  # another worker's cell, or a dead one going stale
         else:
@@ -177,14 +216,26 @@ def _worker(study, runner: _Runner, names: set[str], heartbeat: int) -> None:
 
 
 def stage_winners(study, spec: StudySpec, stage: Stage) -> list[str]:
-    """The `top` method values of stage `winners_from` by mean dev accuracy (baselines out)."""
-    dev: dict[str, list[float]] = {}
+    """The `top` methods of stage `winners_from` by mean dev accuracy (baselines out), over
+    the cells every candidate finished (paired: the same targets, seeds, other axes)."""
+    dev: dict[str, dict[tuple, float]] = {}
     for t in store.completed(study).values():
         if t.user_attrs["stage"] == stage.winners_from:
-            method = t.user_attrs["axes"][spec.method]
+            axes = t.user_attrs["axes"]
+            method = axes[spec.method]
             if method not in spec.baselines:
-                dev.setdefault(method, []).append(t.user_attrs["dev"])
-    ranked = sorted(dev, key=lambda m: -float(np.mean(dev[m])))
+                key = tuple(sorted((a, v) for a, v in axes.items() if a != spec.method))
+                dev.setdefault(method, {})[key] = t.user_attrs["dev"]
+    if not dev:
+        return []
+    common = set.intersection(*(set(d) for d in dev.values()))
+    if any(len(d) != len(common) for d in dev.values()):
+        print(
+            f"study: stage {stage.name!r} ranks the recipes of {stage.winners_from!r} on the "
+            f"{len(common)} cells all of them finished",
+            file=sys.stderr,
+        )
+    ranked = sorted(dev, key=lambda m: -float(np.mean([dev[m][k] for k in common] or [0.0])))
     return ranked[: stage.top]
 
 
@@ -232,4 +283,11 @@ def run_study(
         bar.update(len(cells) - bar.n)
         bar.close()
     done, failed = store.completed(study), store.failures(study)
-    return StudyResult(out, url, sorted(done), failed)
+    wanted = {
+        c.name
+        for st in spec.stages
+        for c in spec.cells(st, stage_winners(study, spec, st) if st.winners_from else None)
+    }
+    result = StudyResult(out, url, sorted(done), failed)
+    result.not_run = sorted(wanted - set(done) - set(failed))
+    return result

@@ -30,20 +30,9 @@ def _suggest(trial, key: str, dist: dict[str, Any]) -> Any:
     if "low" not in dist or "high" not in dist:
         raise ConfigError(f"search.space.{key} needs low and high, or choices")
     low, high = dist["low"], dist["high"]
-    if isinstance(low, int) and isinstance(high, int) and not dist.get("log"):
-        return trial.suggest_int(key, low, high)
+    if isinstance(low, int) and isinstance(high, int):
+        return trial.suggest_int(key, low, high, log=bool(dist.get("log")))
     return trial.suggest_float(key, float(low), float(high), log=bool(dist.get("log")))
-
-
-def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in dotted.items():
-        node = out
-        *path, last = key.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
 
 
 def run_search(
@@ -70,7 +59,8 @@ def run_search(
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     study = store.open_store(f"{spec.name}-search", storage or store.default_url(out), heartbeat)
-    study.sampler = optuna.samplers.TPESampler(seed=0)
+    # seeded by how many trials exist: a second `--search N` continues, it does not repeat
+    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
     runner = _Runner(study, spec, out, jobs, smoke)
 
     def objective(trial) -> float:
@@ -99,11 +89,16 @@ def run_search(
     if not done:
         raise ConfigError("no search trial finished: see the logs under " + str(out / "logs"))
     best = study.best_trial
-    preset = base.get("preset", "cofi")
-    config = {"preset": preset, **_nested(best.params)}
+    # the best trial's own resolved config (fixed flags, base flags, overrides and the searched
+    # values), less what belongs to one run: a config file `tlprune prune --config` takes as is
+    resolved = out / "runs" / f"search-{best.number}-s{seeds[0]}" / "config.yaml"
+    config = yaml.safe_load(resolved.read_text())
+    for key in ("out", "seed", "smoke", "overwrite"):
+        config.pop(key, None)
     text = (
         f"# best of {len(done)} search trials of {spec.name} on dev accuracy "
-        f"(mean over seeds {seeds}): {100 * best.value:.1f} %\n" + yaml.safe_dump(config)
+        f"(mean over seeds {seeds}): {100 * best.value:.1f} %; searched: "
+        f"{', '.join(f'{k}={v}' for k, v in best.params.items())}\n" + yaml.safe_dump(config)
     )
     path = out / "best-config.yaml"
     atomic_write_text(path, text)

@@ -158,7 +158,9 @@ def load_spec(path: str | Path) -> StudySpec:
     return parse_spec(raw, path.stem)
 
 
-def parse_spec(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
+def parse_spec(raw: dict[str, Any], default_name: str = "study", check: bool = True) -> StudySpec:
+    """A StudySpec from a spec's YAML mapping; `check`: its presets and targets exist here
+    (a report of a finished study skips that: it reads the store only)."""
     known = {"name", "fixed", "axes", "method", "baselines", "questions", "stages", "bench"}
     known |= {"search", "description"}
     unknown = sorted(set(raw) - known)
@@ -185,7 +187,8 @@ def parse_spec(raw: dict[str, Any], default_name: str = "study") -> StudySpec:
         str(raw.get("name") or default_name), fixed, axes, method, baselines, questions,
         stages, raw.get("bench"), raw.get("search"), raw,
     )  # fmt: skip
-    _check_cells(spec)
+    if check:
+        _check_cells(spec)
     return spec
 
 
@@ -211,6 +214,8 @@ def _stages(raw: list, axes: dict, method: str) -> list[Stage]:
             only[axis] = kept
         winners = s.get("winners") or {}
         source = winners.get("from")
+        if winners and source is None:
+            raise ConfigError(f"stage {s['name']!r}: winners needs `from: STAGE`")
         if source is not None and source not in [p.name for p in stages]:
             raise ConfigError(f"stage {s['name']!r} takes winners from {source!r}: no such stage")
         stages.append(Stage(str(s["name"]), only, source, int(winners.get("top", 1))))
@@ -223,7 +228,8 @@ def _check_cells(spec: StudySpec) -> None:
 
     presets = set(available())
     for stage in spec.stages:
-        cells = spec.cells(stage, winners=[] if stage.winners_from else None)
+        everyone = list(spec.axes[spec.method]) if stage.winners_from else None
+        cells = spec.cells(stage, winners=everyone)
         if not cells:
             raise ConfigError(f"stage {stage.name!r} has no cells: its `only` keeps nothing")
         for c in cells:

@@ -75,6 +75,13 @@ def enqueue_missing(study, cells: list[Cell]) -> int:
     have = trials_by_cell(study)
     n = 0
     for c in cells:
+        for t in have.get(c.name, []):
+            if t.state.name == "COMPLETE" and t.user_attrs.get("flags") != c.flags:
+                raise ConfigError(
+                    f"cell {c.name} of this store ran with other flags than the spec now gives "
+                    f"({t.user_attrs.get('flags')}): use a new --out (or --storage) for a "
+                    "changed spec"
+                )
         if any(t.state.name in ACTIVE for t in have.get(c.name, [])):
             continue
         attrs = {"cell": c.name, "stage": c.stage, "axes": c.axes, "flags": c.flags}
@@ -111,9 +118,11 @@ def completed(study) -> dict[str, Any]:
 def failures(study) -> dict[str, str]:
     """cell name -> the error of its last failed trial, for cells that never finished."""
     done = completed(study)
+    pending = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False)
+               if t.state.name in ("WAITING", "RUNNING")}  # fmt: skip
     out: dict[str, str] = {}
     for t in study.get_trials(deepcopy=False):
         name = t.user_attrs.get("cell")
-        if name and name not in done and t.state.name == "FAIL":
+        if name and name not in done and name not in pending and t.state.name == "FAIL":
             out[name] = t.user_attrs.get("error", "worker lost (no heartbeat)")
     return out

@@ -72,10 +72,10 @@ def entry(key: str) -> Path:
 
 
 def restore(key: str, stage_dir: Path) -> bool:
-    """Copy a cached stage into `stage_dir` (the run's aux_stage folder); False if none."""
+    """Copy a cached stage into `stage_dir` (the run's aux_stage folder); whether it did."""
     src = entry(key)
     if not (src / "done.json").is_file() or (stage_dir / "done.json").is_file():
-        return (stage_dir / "done.json").is_file()
+        return False  # nothing cached, or the run's own finished stage (a resume)
     with atomic_dir(stage_dir, overwrite=True) as tmp:
         for f in src.iterdir():
             shutil.copy2(f, tmp / f.name)
@@ -92,5 +92,5 @@ def store(key: str, stage_dir: Path) -> None:
             for f in stage_dir.iterdir():
                 if f.is_file():
                     shutil.copy2(f, tmp / f.name)
-    except FileExistsError:  # another run stored it meanwhile
-        pass
+    except OSError:  # another run stored it meanwhile (exists / not empty), or a full disk:
+        pass  # the run itself is done either way
