@@ -66,6 +66,8 @@ def bootstrap_interval(
 
 def verdict(name: str, against: str, iv: Interval, what: str = "test accuracy") -> str:
     """One sentence that says what the interval supports, and no more."""
+    if iv.n == 0:
+        return f"{name} vs {against}: no paired cells finished yet."
     if math.isnan(iv.lo):
         return (
             f"{name} vs {against}: {iv} points of {what}; no interval (too few pairs or no spread)."
