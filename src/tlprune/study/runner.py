@@ -121,8 +121,8 @@ class _Runner:
         with self._lock:
             slot = self._slots.pop(0)
         try:
-            with _cell_lock(self.out, cell.name):  # one run per cell folder, whoever popped it
-                result = self.run(cell, slot, resume=retry)
+            with _cell_lock(self.out, cell.name) as lock:  # one run per cell folder
+                result = self.run(cell, slot, resume=retry, lock=lock)
         except CellFailed as exc:
             trial.set_user_attr("error", str(exc))
             raise
@@ -136,7 +136,9 @@ class _Runner:
             trial.set_user_attr(k, v)
         return float(result["dev"])
 
-    def run(self, cell: Cell, slot: int, resume: bool = True) -> dict[str, Any]:
+    def run(
+        self, cell: Cell, slot: int, resume: bool = True, lock: int | None = None
+    ) -> dict[str, Any]:
         """Run (or continue, or just finish) one cell; its metrics."""
         run_dir = self.out / "runs" / cell.name
         done = cell_result(run_dir)
@@ -147,20 +149,22 @@ class _Runner:
                 args.append("--resume")  # a killed run continues from its checkpoint
             elif run_dir.exists() or partial.exists():
                 args.append("--overwrite")  # a failed run (the spec may have changed) restarts
-            self._call(cell, args, slot)
+            self._call(cell, args, slot, lock)
         if self.spec.bench and cell.command == "prune" and not (run_dir / "bench.json").is_file():
             b = self.spec.bench
             bench = ["bench", str(run_dir), "--repeats", str(b.get("repeats", 10))]
             bench += ["--backends", ",".join(b.get("backends", ["eager"]))]
             bench += ["--json", str(run_dir / "bench.json")]
-            self._call(cell, bench, slot)
+            self._call(cell, bench, slot, lock)
         result = cell_result(run_dir)
         if result is None:
             raise CellFailed(f"{cell.name}: the run exited 0 but wrote no report")
         return result
 
-    def _call(self, cell: Cell, args: list[str], slot: int) -> None:
-        """One `tlprune` process; its output appended to the cell's log (one header a start)."""
+    def _call(self, cell: Cell, args: list[str], slot: int, lock: int | None = None) -> None:
+        """One `tlprune` process; its output appended to the cell's log (one header a start).
+        The process inherits the cell lock: if this worker dies, the lock lasts until the run
+        itself ends, so a retry never runs beside an orphaned run."""
         log = self.out / "logs" / f"{cell.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as fh:
@@ -172,6 +176,7 @@ class _Runner:
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 env=_env(slot, self.jobs),
+                pass_fds=(lock,) if lock is not None else (),
             )
         if code != 0:
             with open(log) as fh:
@@ -192,7 +197,7 @@ def _cell_lock(out: Path, name: str):
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            yield fh.fileno()
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
