@@ -280,7 +280,7 @@ def export(
     result = run(model_dir, out, onnx=onnx, int8=int8, trim_vocab=sources, overwrite=overwrite)
     r = result.report
     for name, size in r.get("files", {}).items():
-        if name.endswith((".onnx", ".safetensors")):
+        if name.endswith((".onnx", ".safetensors", ".pt")):
             acc = r.get("test_accuracy", {}).get(name)
             extra = f", test accuracy {acc:.2%}" if acc is not None else ""
             print(f"{result.out_dir / name}: {size / 2**20:.1f} MiB{extra}")
