@@ -512,6 +512,7 @@ def test_transfer_preset_is_fisher_through_a_stilts_teacher_with_a_layer_floor()
 
     cfg = preset_config("transfer")
     assert cfg.prune.method == "fisher" and cfg.fisher.final and cfg.fisher.layer_floor == 0.5
+    assert not cfg.fisher.score_unlabelled
     assert [a.source for a in cfg.transfer.aux] == ["vader-movies"]
     assert cfg.transfer.coupling == "sequential" and not cfg.transfer.aux_prune
     assert cfg.data.unlabelled == ["target-train"] and cfg.distill.unlabelled_weight == 1.0
