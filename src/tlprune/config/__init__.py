@@ -341,17 +341,20 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return tree
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with clear errors for missing or malformed files."""
+def load_yaml(
+    path: str | Path, what: str = "config file", given: str = "--config"
+) -> dict[str, Any]:
+    """Read a YAML file of keys (a config, a study spec) into a dict, with clear errors for
+    missing or malformed files; `what` names the file, `given` where its path came from."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} not found: check the path given to --config")
+        raise ConfigError(f"{what} {p} not found: check the path given to {given}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML ({exc.__class__.__name__})") from exc
+        raise ConfigError(f"{what} {p} is not valid YAML ({exc.__class__.__name__})") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{what} {p} must hold a mapping of keys, got {type(data).__name__}")
     return data
 
 

@@ -60,7 +60,7 @@ class StudyData:
 
 def rows_from_store(study, spec) -> StudyData:
     """The finished cells of a study's store, as report rows."""
-    from tlprune.study import store
+    import tlprune.study.store as store
 
     rows = []
     plain = {spec.method, "seed", "target", "budget", "sparsity"}
@@ -362,7 +362,7 @@ def report(
     """Open a study's store (default DIR/study.db) and write its report to DIR/report."""
     import optuna
 
-    from tlprune.study import store
+    import tlprune.study.store as store
     from tlprune.study.spec import parse_spec
 
     study_dir = Path(study_dir).expanduser()

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+import tlprune.study.store as store
 from tlprune.errors import ConfigError
-from tlprune.study import store
 from tlprune.study.spec import Cell, Stage, StudySpec
 
 

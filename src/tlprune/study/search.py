@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+import tlprune.study.store as store
 from tlprune.errors import ConfigError
 from tlprune.paths import atomic_write_text
-from tlprune.study import store
 from tlprune.study.spec import Cell, StudySpec, _as_flags, _merge_flags
 
 

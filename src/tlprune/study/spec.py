@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tlprune.errors import ConfigError
 
 # run flags a cell may set, and the CLI option each becomes
@@ -148,14 +146,9 @@ def _axis(name: str, raw: Any) -> dict[str, dict[str, Any]]:
 
 def load_spec(path: str | Path) -> StudySpec:
     """Read and check a spec file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study spec {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_spec(raw, path.stem)
+    from tlprune.config import load_yaml
+
+    return parse_spec(load_yaml(path, "study spec", "tlprune study"), Path(path).stem)
 
 
 def parse_spec(raw: dict[str, Any], default_name: str = "study", check: bool = True) -> StudySpec:
