@@ -1,5 +1,5 @@
-"""The sparsity constraint by projection (prune.constraint: shift): exact tracking of the
-target on tiny runs, and the shift itself."""
+"""The sparsity constraint by projection (prune.constraint: shift, and hold after the ramp):
+exact tracking of the target on tiny runs, the worst gap reported, and the shift itself."""
 
 import json
 
@@ -38,6 +38,36 @@ def test_shift_run_tracks_its_target_at_every_step(tmp_path, tiny_bert_dir, accu
         assert abs(r["expected_sparsity"] - r["target"]) < 1e-3, r
         assert r["lambda1"] == 0 and r["lagrangian"] == 0
     assert steps[-1]["target"] == 0.5
+
+
+def test_hold_run_uses_the_multipliers_on_the_ramp_and_the_target_after_it(tmp_path, tiny_bert_dir):
+    data = sentiment_csv(tmp_path / "d.csv")
+    extra = ("prune.constraint=hold", "prune.prune.max_steps=9", "prune.target_warmup=0.34")
+    run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run", *extra))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("phase") == "prune" and "expected_sparsity" in r]
+    ramp_end = round(0.34 * 9)  # the target reaches the sparsity at this optimizer step
+    on_ramp, after = steps[:ramp_end], steps[ramp_end:]
+    assert any(r["lagrangian"] != 0 for r in on_ramp)  # the multipliers drive the ramp
+    assert abs(on_ramp[-1]["expected_sparsity"] - on_ramp[-1]["target"]) > 1e-3  # they lag
+    for r in after:  # from the ramp's end the gates sit on the target, the multipliers off
+        assert r["target"] == 0.5
+        assert abs(r["expected_sparsity"] - 0.5) < 1e-3, r
+        assert r["lagrangian"] == 0
+    report = json.loads((tmp_path / "run" / "prune_report.json").read_text())
+    worst = report["sparsity"]["worst_gap_after_ramp"]
+    assert worst == pytest.approx(max(abs(r["expected_sparsity"] - 0.5) for r in after))
+    assert worst < 1e-3
+
+
+def test_lagrangian_run_reports_its_worst_gap_after_the_ramp(tmp_path, tiny_bert_dir):
+    data = sentiment_csv(tmp_path / "d.csv")
+    run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run"))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("phase") == "prune" and "expected_sparsity" in r]
+    report = json.loads((tmp_path / "run" / "prune_report.json").read_text())
+    after = [abs(r["expected_sparsity"] - r["target"]) for r in steps[round(0.34 * 6) :]]
+    assert report["sparsity"]["worst_gap_after_ramp"] == pytest.approx(max(after))
 
 
 def test_unknown_constraint_is_refused():

@@ -62,6 +62,11 @@ def print_prune_report(report: dict, out_dir: Path | None) -> None:
     console.print(
         f"sparsity: target {sp['target']:.3f}, achieved {sp['achieved']:.4f}"
         + (f", expected at end of pruning {expected:.3f}" if expected is not None else "")
+        + (
+            f" (worst gap after the ramp {gap:.3f})"
+            if (gap := sp.get("worst_gap_after_ramp")) is not None
+            else ""
+        )
     )
     if report.get("teacher"):
         t = report["teacher"]

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tlprune.config.kinds import GATE_KINDS, PRUNE_METHODS
+from tlprune.config.kinds import CONSTRAINTS, GATE_KINDS, PRUNE_METHODS
 from tlprune.config.train import TrainConfig
 from tlprune.config.transfer import TransferConfig
 from tlprune.errors import ConfigError
@@ -108,7 +108,8 @@ class PruneConfig:
     # usual. 1 = off.
     round_hidden: int = 32
     # lagrangian: learned multipliers (CoFi); shift: after each gate step one common offset of
-    # every log-alpha makes the expected sparsity equal the target (gates/target_shift.py)
+    # every log-alpha makes the expected sparsity equal the target (gates/target_shift.py);
+    # hold: the multipliers while the target ramps, the offset once it has reached the sparsity
     constraint: str = "lagrangian"
     method: str = "gates"  # gates (hard-concrete, CoFi-class) | fisher (retraining-free)
     warm: TrainConfig = field(default_factory=_warm)  # dense fine-tune before gates
@@ -134,9 +135,9 @@ class PruneConfig:
             raise ConfigError(
                 f"prune.log_alpha_clamp must be [low, high] around init_log_alpha, got {lo_hi}"
             )
-        if self.constraint not in ("lagrangian", "shift"):
+        if self.constraint not in CONSTRAINTS:
             raise ConfigError(
-                f"prune.constraint must be lagrangian or shift, got {self.constraint!r}"
+                f"prune.constraint must be one of {list(CONSTRAINTS)}, got {self.constraint!r}"
             )
         if self.method not in PRUNE_METHODS:
             raise ConfigError(

@@ -44,6 +44,7 @@ class Row:
     seconds: float | None = None
     achieved: float | None = None
     expected: float | None = None
+    worst_gap: float | None = None  # max |expected sparsity - target| after the target ramp
     speedup: float | None = None
     group: str = ""  # the cell's other axes (e.g. "model=bert"): rows pair within a group
 
@@ -81,6 +82,7 @@ def rows_from_store(study, spec) -> StudyData:
                 seconds=a.get("seconds"),
                 achieved=a.get("achieved"),
                 expected=a.get("expected_at_end"),
+                worst_gap=a.get("worst_gap"),
                 speedup=a.get("speedup"),
                 group=group,
             )
@@ -149,7 +151,7 @@ def tables(data: StudyData) -> list[tuple[str, list[str], list[list[str]]]]:
         header = ["method", "seeds", "dev %", "test % mean ± std"]
         for b in data.baselines:
             header += [f"vs {b}: t 95%", f"vs {b}: bootstrap"]
-        header += ["achieved sparsity", "expected at end", "minutes"]
+        header += ["achieved sparsity", "expected at end", "worst gap after ramp", "minutes"]
         body = []
         for m in methods:
             cells = _cells(rows, m, s)
@@ -169,8 +171,10 @@ def tables(data: StudyData) -> list[tuple[str, list[str], list[list[str]]]]:
                 line += [str(compare(rows, m, b, [s])) if set(cells) & set(ref) else "-",
                          f"[{boot.lo:+.1f}, {boot.hi:+.1f}]" if boot else "-"]  # fmt: skip
             exp = [c.expected for c in cells.values() if c.expected is not None]
+            gaps = [c.worst_gap for c in cells.values() if c.worst_gap is not None]
             line += [_fmt(_mean([c.achieved for c in cells.values()]), ".3f"),
                      ", ".join(f"{e:.3f}" for e in exp) or "-",
+                     f"{max(gaps):.3f}" if gaps else "-",
                      _fmt(_mean([c.seconds for c in cells.values()]), ".1f", 1 / 60)]  # fmt: skip
             body.append(line)
         title = f"{target}, budget {budget}" + (f", sparsity {sparsity}" if sparsity else "")
@@ -345,7 +349,7 @@ def write_report(data: StudyData, out: str | Path) -> Path:
 
 def _write_csv(data: StudyData, path: Path) -> None:
     cols = ["cell", "method", "target", "budget", "sparsity", "group", "seed", "dev", "test",
-            "seconds", "achieved", "expected", "speedup"]  # fmt: skip
+            "seconds", "achieved", "expected", "worst_gap", "speedup"]  # fmt: skip
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)

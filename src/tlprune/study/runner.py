@@ -58,6 +58,7 @@ def cell_result(run_dir: Path) -> dict[str, Any] | None:
         "seconds": r.get("seconds", {}).get("total", r.get("total_seconds")),
         "achieved": r.get("sparsity", {}).get("achieved"),
         "expected_at_end": r.get("sparsity", {}).get("expected_at_end"),
+        "worst_gap": r.get("sparsity", {}).get("worst_gap_after_ramp"),
     }
     preds = run_dir / "predictions.npz"
     if preds.is_file():

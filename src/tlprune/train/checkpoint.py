@@ -30,6 +30,8 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0
     best: dict[str, Any] = field(default_factory=dict)  # best dev metrics so far, with step
+    # largest |expected sparsity - target| once the target ramp has ended (gate phases)
+    worst_gap: float | None = None
 
 
 def _rng_state() -> dict[str, Any]:

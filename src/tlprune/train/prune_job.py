@@ -426,6 +426,7 @@ def run_prune(
             "target": cfg.prune.sparsity,
             "achieved": phase.masks.sparsity,
             "expected_at_end": phase.expected_sparsity,
+            "worst_gap_after_ramp": phase.worst_gap_after_ramp,
             "budget_params": phase.masks.budget,
             "kept_params": phase.masks.size,
             "notes": phase.masks.notes,

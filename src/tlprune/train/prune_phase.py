@@ -43,9 +43,11 @@ class GatedModel(nn.Module):
         distiller=None,
         branch: nn.Module | None = None,
         shift: bool = False,
+        hold_from: int | None = None,
     ):
         super().__init__()
         self.shift = shift  # the constraint holds by projection (gates/target_shift.py)
+        self.hold_from = hold_from  # from this step on, projection replaces the multipliers
         self.model = model
         self.gates = gates
         self.lagrangian = lagrangian
@@ -82,7 +84,8 @@ class GatedModel(nn.Module):
             task = F.cross_entropy(out.logits, labels)
         s_hat = self.gates.expected_sparsity().to(task.dtype)
         lag = self.lagrangian(s_hat, target)
-        if self.shift:  # unused, but in the graph: several processes (DDP) need every parameter
+        projected = self.shift or (self.hold_from is not None and step >= self.hold_from)
+        if projected:  # unused, but in the graph: several processes (DDP) need every parameter
             lag = 0 * lag
         parts.update(task=task.detach(), lagrangian=lag.detach(), expected_sparsity=s_hat.detach())
         loss = task + lag
@@ -112,6 +115,7 @@ class PrunePhaseResult:
     best_step: int
     steps: int
     expected_sparsity: float
+    worst_gap_after_ramp: float | None  # max |s_hat - target| once the ramp has ended
     target: float
     seconds: float
     warnings: list[str]
@@ -187,6 +191,9 @@ def run_prune_phase(
         initial = min(float(inner.gates.expected_sparsity().detach()), pc.sparsity)
     schedule = TargetSchedule(pc.sparsity, round(pc.target_warmup * steps), initial=initial)
     hold_from = schedule.warmup_steps
+    project_from = 0 if shift else hold_from if pc.constraint == "hold" else None
+    if pc.constraint == "hold":
+        inner.hold_from = hold_from
     if branch is not None:
         aux_sparsity = cfg.transfer.aux_sparsity or pc.sparsity
         aux_schedule = TargetSchedule(aux_sparsity, schedule.warmup_steps, initial=initial)
@@ -299,7 +306,11 @@ def run_prune_phase(
                         opt.step()
                         opt.zero_grad()
                 inner.gates.clamp_()
-                if shift and accelerator.sync_gradients:  # the next step sees its own target
+                if (
+                    project_from is not None
+                    and accelerator.sync_gradients
+                    and progress.step + 1 >= project_from
+                ):  # the next step sees its own target
                     shift_to_target(inner.gates, schedule(progress.step + 1))
                 if branch is not None and inner.branch.gates is not None:
                     inner.branch.gates.clamp_()
@@ -309,6 +320,9 @@ def run_prune_phase(
                 progress.step += 1
                 bar.update(1)
                 s_hat = float(parts["expected_sparsity"])
+                if progress.step > hold_from:  # the step just done ran at the final target
+                    gap = abs(s_hat - target)
+                    progress.worst_gap = max(gap, progress.worst_gap or 0.0)
                 bar.set_postfix(
                     loss=f"{float(parts['task']):.3f}", s=f"{s_hat:.3f}", t=f"{target:.3f}"
                 )
@@ -368,6 +382,7 @@ def run_prune_phase(
         best_step=int(progress.best["step"]),
         steps=progress.step,
         expected_sparsity=s_hat,
+        worst_gap_after_ramp=progress.worst_gap,
         target=pc.sparsity,
         seconds=time.perf_counter() - started,
         warnings=convergence_warnings(s_hat, pc.sparsity, "prune steps"),
