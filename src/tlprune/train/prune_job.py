@@ -346,6 +346,7 @@ def run_prune(
             best_step=0,
             steps=0,
             expected_sparsity=stage.expected_sparsity,
+            worst_gap_after_ramp=None,  # the auxiliary stage's own ramp: not tracked here
             target=tc.aux_sparsity or cfg.prune.sparsity,
             seconds=0.0,
             # A's masks are the model's: say when A's constraint had not converged
