@@ -239,6 +239,39 @@ def test_a_winners_stage_needs_no_baselines(tmp_path, data):
     assert [c.name for c in spec.cells(spec.stages[1], winners=["b"])] == ["b_s0", "b_s1"]
 
 
+def test_a_cell_teacher_is_the_dense_cell_of_the_same_target_and_seed(tmp_path, data):
+    """`teacher: cell:finetune` gives each cell the folder of its finetune twin (same other
+    axes; a dense run has no sparsity), which must run in an earlier stage."""
+    from tlprune.errors import ConfigError
+    from tlprune.study import parse_spec
+
+    raw = {
+        "fixed": {"model": "m", "target": str(data)},
+        "axes": {
+            "recipe": {
+                "finetune": {"preset": "finetune"},
+                "fisher-ft": {"preset": "fisher-ft", "teacher": "cell:finetune"},
+            },
+            "sparsity": [0.8, 0.6],
+            "seed": [0, 1],
+        },
+        "stages": [
+            {"name": "dense", "only": {"recipe": ["finetune"]}},
+            {"name": "pruned", "only": {"recipe": ["fisher-ft"]}},
+        ],
+    }
+    spec = parse_spec(raw)
+    cells = {c.name: c for c in spec.cells(spec.stages[1])}
+    assert cells["fisher-ft_sp0.6_s1"].flags["teacher"] == "cell:finetune_s1"
+    args = cells["fisher-ft_sp0.6_s1"].args(tmp_path / "runs" / "fisher-ft_sp0.6_s1")
+    assert args[args.index("--teacher") + 1] == str(tmp_path / "runs" / "finetune_s1")
+    with pytest.raises(ConfigError, match="no cell of an earlier stage"):
+        parse_spec({**raw, "stages": [{"name": "all"}]})
+    bad = {**raw["axes"], "recipe": {"fisher-ft": {"preset": "fisher-ft", "teacher": "cell:x"}}}
+    with pytest.raises(ConfigError, match="not among the method axis values"):
+        parse_spec({**raw, "axes": bad, "stages": [{"name": "all"}]})
+
+
 def test_bootstrap_draws_one_example_set_for_all_seeds():
     """Seeds share the test set: three identical seeds give the one-seed interval (independent
     draws per seed would narrow it by about sqrt(3))."""

@@ -5,7 +5,10 @@ flag, or a mapping of named variants, each a dict of flags), the `method` axis t
 compares (default: the first variant axis), its `baselines`, optional `questions` (how, what,
 when: which methods to compare with which reference) and `stages`: each stage restricts axes
 (`only`) and may keep, of the method axis, only the baselines and the `top` methods of an
-earlier stage by mean dev accuracy (`winners`). Every mistake is one ConfigError line.
+earlier stage by mean dev accuracy (`winners`). A cell's `teacher` may be `cell:RECIPE`: the
+run folder of the cell that differs from it only in the method axis, where it is RECIPE (the
+dense fine-tune of the same target and seed, say), run in an earlier stage. Every mistake is
+one ConfigError line.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ SCALAR_FLAGS = {"preset", "model", "target", "budget", "sparsity", "seed", "teac
 LIST_FLAGS = {"aux", "unlabelled", "overrides"}
 FLAGS = SCALAR_FLAGS | LIST_FLAGS
 SHORT = {"seed": "s", "sparsity": "sp", "budget": "b"}
+CELL_REF = "cell:"  # a teacher that is another cell of the study: cell:RECIPE in the spec
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Cell:
         if self.command == "prune":
             for key in ("preset", "sparsity", "teacher"):
                 if key in f:
-                    args += [f"--{key}", str(f[key])]
+                    args += [f"--{key}", str(_resolve(f[key], out))]
             for key in ("aux", "unlabelled"):
                 for v in f.get(key, []):
                     args += [f"--{key}", str(v)]
@@ -91,12 +95,26 @@ class StudySpec:
             combos = [{**c, axis: n} for c in combos for n in names]
         cells, seen = [], set()
         for combo in combos:
-            flags = _merge_flags(self.fixed, *(self.axes[a][n] for a, n in combo.items()))
+            flags = self._flags(combo)
             name = _cell_name(combo, flags, self.axes)
             if name not in seen:
                 seen.add(name)
+                ref = flags.get("teacher")
+                if isinstance(ref, str) and ref.startswith(CELL_REF):  # cell:RECIPE -> its cell
+                    twin = {**combo, self.method: ref[len(CELL_REF) :]}
+                    flags["teacher"] = CELL_REF + _cell_name(twin, self._flags(twin), self.axes)
                 cells.append(Cell(name, stage.name, combo, flags))
         return cells
+
+    def _flags(self, combo: dict[str, str]) -> dict[str, Any]:
+        return _merge_flags(self.fixed, *(self.axes[a][n] for a, n in combo.items()))
+
+
+def _resolve(value: Any, out: Path) -> Any:
+    """A `cell:NAME` teacher is the folder of cell NAME beside this cell's folder `out`."""
+    if isinstance(value, str) and value.startswith(CELL_REF):
+        return out.parent / value[len(CELL_REF) :]
+    return value
 
 
 def _merge_flags(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +194,12 @@ def parse_spec(raw: dict[str, Any], default_name: str = "study", check: bool = T
             raise ConfigError(f"question {q!r} needs `compare: [methods]` and `against: method`")
         _check_values(f"questions.{q}", [*body["compare"], body["against"]], axes[method])
     stages = _stages(raw.get("stages") or [{"name": "all"}], axes, method)
+    for where, flags in [("fixed", fixed)] + [
+        (f"axes.{a}.{n}", f) for a, values in axes.items() for n, f in values.items()
+    ]:
+        ref = flags.get("teacher")
+        if isinstance(ref, str) and ref.startswith(CELL_REF):
+            _check_values(f"{where}.teacher", [ref[len(CELL_REF) :]], axes[method])
     spec = StudySpec(
         str(raw.get("name") or default_name), fixed, axes, method, baselines, questions,
         stages, raw.get("bench"), raw.get("search"), raw,
@@ -220,12 +244,20 @@ def _check_cells(spec: StudySpec) -> None:
     from tlprune.presets import available
 
     presets = set(available())
+    earlier: set[str] = set()  # the cells of the stages before this one
     for stage in spec.stages:
         everyone = list(spec.axes[spec.method]) if stage.winners_from else None
         cells = spec.cells(stage, winners=everyone)
         if not cells:
             raise ConfigError(f"stage {stage.name!r} has no cells: its `only` keeps nothing")
         for c in cells:
+            ref = str(c.flags.get("teacher", ""))
+            twin = ref[len(CELL_REF) :] if ref.startswith(CELL_REF) else None
+            if c.command == "prune" and twin is not None and twin not in earlier:
+                raise ConfigError(
+                    f"cell {c.name}: its teacher {twin} is no cell of an earlier stage: run the "
+                    "teacher's recipe in a stage before this one"
+                )
             preset = c.flags.get("preset", "cofi")
             if preset not in presets:
                 raise ConfigError(
@@ -239,3 +271,4 @@ def _check_cells(spec: StudySpec) -> None:
                     f"cell {c.name}: unknown target {target!r}; use one of "
                     f"{sorted(bundled.REGISTRY)} or an existing file or folder"
                 )
+        earlier |= {c.name for c in cells}
