@@ -285,6 +285,26 @@ def test_bootstrap_draws_one_example_set_for_all_seeds():
     assert one.hi - one.lo > 5  # 300 examples: several points wide
 
 
+def test_pooled_table_leaves_out_methods_not_run_at_a_setting():
+    """A method run at one sparsity only has no pooled row at the other, and a baseline with
+    no pairs at a setting is "-", never a nan."""
+    from tlprune.study.report import Row, StudyData, tables
+
+    rows = []
+    for target in ("a", "b"):
+        for seed in (0, 1):
+            rows.append(Row(f"d{target}{seed}", "dense", target, 64, None, seed, 0.7, 0.8))
+            for sp in (0.5, 0.8):
+                rows.append(Row(f"f{target}{sp}{seed}", "fisher", target, 64, sp, seed, 0.6,
+                                0.70 + 0.01 * seed))  # fmt: skip
+            rows.append(Row(f"c{target}{seed}", "cofi", target, 64, 0.8, seed, 0.6, 0.72))
+    data = StudyData("s", "recipe", ["dense", "cofi"], {}, rows, {})
+    pooled = {t: b for t, _, b in tables(data)}["pooled over targets (paired by target and seed)"]
+    at_half = [r for r in pooled if r[1] == "0.5"]
+    assert [r[3] for r in at_half] == ["fisher"] and at_half[0][5] == "-"
+    assert not any("nan" in c for r in pooled for c in r)
+
+
 def test_dense_runs_count_once_and_no_spread_is_no_verdict():
     """A dense baseline serves two sparsities but is one run: one pair, no interval, and a
     verdict that says so; other axes (a model axis) keep their rows apart."""

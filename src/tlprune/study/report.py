@@ -190,11 +190,11 @@ def tables(data: StudyData) -> list[tuple[str, list[str], list[list[str]]]]:
         for budget, sparsity, other in sorted({(s[1], s[2], s[3]) for s in settings}, key=str):
             group = [s for s in settings if (s[1], s[2], s[3]) == (budget, sparsity, other)]
             for m in methods:
-                if m in data.baselines[:1]:
-                    continue
+                if m in data.baselines[:1] or not any(_cells(rows, m, s) for s in group):
+                    continue  # the reference itself, or a method not run at this setting
+                ivs = [compare(rows, m, b, group) if b != m else None for b in data.baselines]
                 body.append([str(budget), str(sparsity), other or "-", m]
-                            + [str(compare(rows, m, b, group)) if b != m else "-"
-                               for b in data.baselines])  # fmt: skip
+                            + [str(iv) if iv and iv.n else "-" for iv in ivs])  # fmt: skip
         out.append(("pooled over targets (paired by target and seed)", header, body))
     return out
 
