@@ -4,7 +4,8 @@ in PyTorch eager, torch.compile and ONNX Runtime, batch 1 and 32 x 128 tokens.
     python benchmarks/speed.py [RUN_DIR ...] [--threads N] [--backends eager,compile,onnxruntime]
         [--save results/speed/speed]
 
-RUN_DIR defaults to runs/speed32/cofi-{0.6,0.8,0.9} (made by experiments/speed_models.sh).
+RUN_DIR defaults to runs/speed-models/runs/cofi-150_sp{0.6,0.8,0.9}_s0 (made by
+`tlprune study configs/studies/speed-models.yaml --out runs/speed-models`).
 Each model is measured by `tlprune bench` logic: dense and pruned interleaved in one process,
 medians of 10 repeats after warm-up; quote the ratios, not the absolute times.
 """
@@ -20,7 +21,7 @@ import torch
 from tlprune.bench import BenchConfig, bench
 from tlprune.bench.run import write_json
 
-DEFAULT = [Path(f"runs/speed32/cofi-{s}") for s in ("0.6", "0.8", "0.9")]
+DEFAULT = [Path(f"runs/speed-models/runs/cofi-150_sp{s}_s0") for s in ("0.6", "0.8", "0.9")]
 
 
 def main() -> None:
