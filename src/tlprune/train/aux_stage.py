@@ -21,13 +21,11 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from tlprune.config import RunConfig
-from tlprune.errors import TlpruneError
 from tlprune.gates import FinalMasks, TargetSchedule, final_masks
 from tlprune.gates.lagrangian import make_gate_optimizers
 from tlprune.train.checkpoint import CheckpointManager, Progress
-from tlprune.train.kill_hook import kill_if_asked
+from tlprune.train.engine import Mechanics, Step, forever, run_loop
 from tlprune.train.loop import set_trainable, total_steps
-from tlprune.train.metrics_log import MetricsLog
 
 
 @dataclass
@@ -38,6 +36,60 @@ class AuxStageResult:
     expected_sparsity: float | None
     steps: int
     seconds: float
+
+
+class AuxObjective:
+    """The auxiliary branch alone: its tasks' weighted losses (each draws its own batch), plus
+    its Lagrangian once the gates start (`warm` steps of dense training first)."""
+
+    def __init__(self, branch: Any, schedule: Any, warm: int, device: Any):
+        self.module, self.branch, self.schedule = branch, branch, schedule
+        self.warm, self.device = warm, device
+        self.target = 0.0
+
+    def __call__(self, batch: Any, step: int) -> Step:
+        branch = self.branch
+        gated = branch.gates is not None and step >= self.warm
+        z = (branch.aux_gates(None) or None) if gated else None
+        loss = torch.zeros((), device=self.device)
+        row = {}
+        for task in branch.tasks:
+            task_loss = task.loss(branch.encoder, z, self.device)
+            loss = loss + task.weight * task_loss
+            row[f"aux/{task.name}"] = task_loss.item()
+        self.target = self.schedule(step)
+        if gated:
+            s_hat = branch.gates.expected_sparsity()
+            loss = loss + branch.lagrangian(s_hat, self.target)
+            row["aux/expected_sparsity"] = s_hat.item()
+        return Step(loss, row)
+
+    def after_update(self, step: int, synced: bool) -> None:
+        if self.branch.gates is not None:
+            self.branch.gates.clamp_()
+
+    def log_row(self, step: int, out: Step) -> dict[str, Any]:
+        return {"phase": "aux", "step": step, "target": self.target, **out.parts}
+
+    def postfix(self, out: Step) -> dict[str, str]:
+        return {k.split("/")[-1][:12]: f"{v:.3f}" for k, v in out.parts.items()}
+
+
+def _schedule(branch: Any, cfg: RunConfig, steps: int, sparsity: float) -> tuple[Any, int]:
+    """The auxiliary target schedule and its dense warm part. Pruned A trains dense first (CoFi
+    prunes a fine-tuned model; gates on a fresh head took A to chance-level loss and 0.97
+    expected sparsity in the first grid), then under gates with the target ramp."""
+    pc = cfg.prune
+    initial = 0.0
+    if branch.gates is not None and pc.target_start == "initial":
+        initial = min(float(branch.gates.expected_sparsity().detach()), sparsity)
+    warm = round(cfg.transfer.aux_warm * steps) if branch.gates is not None else 0
+    ramped = TargetSchedule(sparsity, round(pc.target_warmup * (steps - warm)), initial=initial)
+
+    def schedule(step: int) -> float:
+        return ramped(max(0, step - warm))
+
+    return schedule, warm
 
 
 def run_aux_stage(
@@ -51,8 +103,6 @@ def run_aux_stage(
 ):
     """Train `branch` (an AuxBranch with coupling `sequential`) on its tasks alone;
     checkpointed every `prune.checkpoint_every` steps, continued by `resume`."""
-    from tqdm.auto import tqdm
-
     out = work / "aux_stage"
     tc, pc = cfg.transfer, cfg.prune
     sparsity = tc.aux_sparsity or pc.sparsity
@@ -60,34 +110,20 @@ def run_aux_stage(
         return _load(branch, out, sparsity, pc.round_hidden)
     stage = tc.aux_stage
     started = time.perf_counter()
-    device = accelerator.device
-    branch.to(device).train()
+    branch.to(accelerator.device).train()
     set_trainable(branch.encoder, stage.freeze)
     weights = [p for p in branch.weight_params() if p.requires_grad]
-    w_opt = torch.optim.AdamW(weights, lr=stage.lr, weight_decay=stage.weight_decay)
-    gate_opt = lambda_opt = None
+    optimizers = {"w": torch.optim.AdamW(weights, lr=stage.lr, weight_decay=stage.weight_decay)}
     if branch.gates is not None:
-        gate_opt, lambda_opt = make_gate_optimizers(branch.gates, branch.lagrangian, pc.gate_lr)
+        optimizers["g"], optimizers["l"] = make_gate_optimizers(
+            branch.gates, branch.lagrangian, pc.gate_lr
+        )
     # one "epoch" = one pass over the largest auxiliary
     per_epoch = max(len(t.data.rows) // t.data.cfg.batch_size for t in branch.tasks) or 1
     steps = total_steps(stage, per_epoch)
-    initial = 0.0
-    if branch.gates is not None and pc.target_start == "initial":
-        initial = min(float(branch.gates.expected_sparsity().detach()), sparsity)
-    # Pruned A: a dense warm part first (CoFi prunes a fine-tuned model; gates on a fresh head
-    # took A to chance-level loss and 0.97 expected sparsity in the first grid), then gates.
-    warm = round(tc.aux_warm * steps) if branch.gates is not None else 0
-    ramp = round(pc.target_warmup * (steps - warm))
-    ramped = TargetSchedule(sparsity, ramp, initial=initial)
-
-    def schedule(step: int) -> float:
-        return ramped(max(0, step - warm))
-
+    schedule, warm = _schedule(branch, cfg, steps, sparsity)
     ckpt = CheckpointManager(work / "aux_checkpoints")
     modules = {"branch": branch}
-    optimizers = {
-        k: o for k, o in (("w", w_opt), ("g", gate_opt), ("l", lambda_opt)) if o is not None
-    }
     progress = Progress()
     # the stage's own seed (its dropout draws): without it they followed whatever the process
     # drew before, and two runs of one command differed; a resume restores the saved state
@@ -95,55 +131,25 @@ def run_aux_stage(
     latest = ckpt.latest() if resume else None
     if latest is not None:  # the batch streams' positions are buffers of the branch
         progress = ckpt.load(latest, modules, optimizers)
-    log = MetricsLog(log_path, accelerator)
-    bar = tqdm(
-        total=steps,
-        initial=progress.step,
-        desc="aux",
-        disable=not accelerator.is_local_main_process,
+
+    def save(progress: Progress, out: Step, log: Any) -> None:
+        due = progress.step % pc.checkpoint_every == 0 and progress.step < steps
+        if due and accelerator.is_main_process:
+            ckpt.save(progress, modules, optimizers)
+
+    hooks = [save]
+    if on_step is not None:
+        hooks.append(lambda progress, out, log: on_step(progress.step))
+    mechanics = Mechanics(
+        list(optimizers.values()),
+        [weights],
+        stage.grad_clip,
+        nonfinite="auxiliary loss became {value} at step {step}: lower "
+        "transfer.aux_stage.lr or prune.gate_lr",
     )
-    row: dict[str, float] = {}
-    try:
-        for step in range(progress.step, steps):
-            gated = branch.gates is not None and step >= warm
-            z = (branch.aux_gates(None) or None) if gated else None
-            loss = torch.zeros((), device=device)
-            row = {}
-            for task in branch.tasks:
-                task_loss = task.loss(branch.encoder, z, device)
-                loss = loss + task.weight * task_loss
-                row[f"aux/{task.name}"] = task_loss.item()
-            if gated:
-                s_hat = branch.gates.expected_sparsity()
-                loss = loss + branch.lagrangian(s_hat, schedule(step))
-                row["aux/expected_sparsity"] = s_hat.item()
-            if not torch.isfinite(loss):
-                raise TlpruneError(
-                    f"auxiliary loss became {loss.item()} at step {step}: lower "
-                    "transfer.aux_stage.lr or prune.gate_lr"
-                )
-            loss.backward()
-            if stage.grad_clip:
-                torch.nn.utils.clip_grad_norm_(weights, stage.grad_clip)
-            for opt in (w_opt, gate_opt, lambda_opt):
-                if opt is not None:
-                    opt.step()
-                    opt.zero_grad()
-            if branch.gates is not None:
-                branch.gates.clamp_()
-            log.write({"phase": "aux", "step": step + 1, "target": schedule(step), **row})
-            bar.update(1)
-            progress.step = step + 1
-            due = progress.step % pc.checkpoint_every == 0 and progress.step < steps
-            if due and accelerator.is_main_process:
-                ckpt.save(progress, modules, optimizers)
-            if on_step is not None:
-                on_step(progress.step)
-            kill_if_asked("aux", progress.step)
-            bar.set_postfix({k.split("/")[-1][:12]: f"{v:.3f}" for k, v in row.items()})
-    finally:
-        bar.close()
-        log.close()
+    objective = AuxObjective(branch, schedule, warm, accelerator.device)
+    accelerator.gradient_accumulation_steps = 1  # the streams give whole batches
+    run_loop(accelerator, objective, mechanics, forever(), steps, progress, "aux", log_path, hooks)
     masks = s_hat = None
     if branch.gates is not None:
         probs = {k: v.detach().cpu() for k, v in branch.gates.keep_probs().items()}

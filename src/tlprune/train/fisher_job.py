@@ -30,15 +30,15 @@ from tlprune.train.evaluate import evaluate, predict
 from tlprune.train.finetune import make_loaders
 from tlprune.train.loop import train_classifier
 from tlprune.train.metrics_log import MetricsLog, make_accelerator
+from tlprune.train.phases.state import save_main
+from tlprune.train.phases.teacher import load_teacher
 from tlprune.train.prune_job import (
     PruneResult,
-    _save_main,
     _write_outputs,
     base_report,
     check_architecture,
     check_workdir,
     default_out,
-    load_teacher,
     smoke_config,
     start_workdir,
 )
@@ -169,7 +169,7 @@ class _Run:
         built = False
         if given is None and not (tdir / "config.json").is_file():
             dense = self._train_teacher(work, resume)
-            _save_main(self.accelerator, dense, tdir)
+            save_main(self.accelerator, dense, tdir)
             built = True
         teacher = _load_dense(tdir, task.label_names)
         _check_dense(teacher, tdir)

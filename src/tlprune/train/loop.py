@@ -1,4 +1,5 @@
-"""A plain supervised training loop on Accelerate with dev-loss checkpoint selection."""
+"""Supervised fine-tuning on the training engine: a classifier objective and dev-loss
+selection of the best state."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ from typing import Any
 import torch
 
 from tlprune.config import TrainConfig
-from tlprune.errors import TlpruneError
+from tlprune.train.checkpoint import Progress
+from tlprune.train.engine import Mechanics, Step, epochs, run_loop
 from tlprune.train.evaluate import evaluate
-from tlprune.train.kill_hook import kill_if_asked
-from tlprune.train.metrics_log import MetricsLog
 from tlprune.transfer.adapt import backward_adapted
 
 
@@ -44,6 +44,86 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
 
 
+class ClassifierObjective:
+    """Cross-entropy of a classifier, plus an extra term (distillation on unlabelled texts) or
+    an auxiliary branch's terms (a dense warm phase with transfer)."""
+
+    def __init__(self, model, accelerator, desc: str, branch=None, extra_loss=None):
+        self.module, self.accelerator, self.desc = model, accelerator, desc
+        self.branch, self.extra_loss = branch, extra_loss
+
+    def __call__(self, batch: Any, step: int) -> Step:
+        loss = task = self.module(**batch).loss
+        out = Step(loss, task=task)
+        if self.extra_loss is not None:  # the labelled loss is logged alone, parts beside
+            extra, out.parts = self.extra_loss(self.module)
+            out.loss = task + extra
+        if self.branch is not None:  # the target's loss is logged alone, parts beside
+            with self.accelerator.autocast():
+                extra, out.parts = self.branch(step, None, self.accelerator.device)
+            out.loss = task + extra
+            out.aux_term, self.branch.task_term = self.branch.task_term, None
+            if out.aux_term is not None:  # transfer.adapt; dense: the graphs share leaves only
+                out.backward = self._adapted(out)
+        out.task = task.detach()
+        return out
+
+    def _adapted(self, out: Step):
+        def backward() -> dict[str, Any]:
+            shared = self.branch.shared_weights()
+            main, aux = out.loss, out.aux_term
+            cos = backward_adapted(self.accelerator, main, aux, shared, retain=False)
+            return {"aux/cosine": cos}
+
+        return backward
+
+    def after_update(self, step: int, synced: bool) -> None:
+        pass
+
+    def log_row(self, step: int, out: Step) -> dict[str, Any]:
+        aux = {k: float(v) for k, v in out.parts.items()}
+        return {"phase": self.desc, "step": step, "loss": out.task.item(), **aux}
+
+    def postfix(self, out: Step) -> dict[str, str]:
+        return {"loss": f"{out.task.item():.4f}"}
+
+
+class DevSelection:
+    """Evaluate dev every `every` steps and at the end; keep the lowest-dev-loss state (and the
+    branch's heads with it)."""
+
+    def __init__(self, model, dev_loader, num_labels, accelerator, every, steps, desc, branch):
+        self.model, self.dev_loader, self.num_labels = model, dev_loader, num_labels
+        self.accelerator, self.every, self.steps, self.desc = accelerator, every, steps, desc
+        self.branch = branch
+        self.best: dict | None = None
+        self.best_state: dict | None = None
+        self.best_step = 0
+        self.branch_best: dict | None = None
+
+    def __call__(self, progress: Progress, out: Step, log: Any) -> None:
+        step = progress.step
+        if step % self.every and step != self.steps:
+            return
+        dev = evaluate(self.model, self.dev_loader, self.num_labels, self.accelerator)
+        self.model.train()
+        log.write({"phase": self.desc, "step": step, "dev": dev})
+        if self.best is None or dev["loss"] < self.best["loss"]:
+            self.best, self.best_step = dev, step
+            state = self.accelerator.unwrap_model(self.model).state_dict()
+            self.best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+            if self.branch is not None:
+                self.branch_best = self.branch.carried_state(streams=False)
+
+    def restore(self) -> None:
+        """The model (and the branch's heads) back at the best step; the branch's streams go on
+        from where they are."""
+        assert self.best is not None and self.best_state is not None
+        self.accelerator.unwrap_model(self.model).load_state_dict(self.best_state)
+        if self.branch is not None and self.branch_best is not None:
+            self.branch.load_carried(self.branch_best)
+
+
 def train_classifier(
     model: Any,
     train_loader: Any,
@@ -62,7 +142,6 @@ def train_classifier(
     its heads and own weights return to the best step with the model. `extra_loss(model)`:
     (a term added to the loss, logged parts), e.g. distillation on unlabelled texts. Logged
     losses are those of the last micro-batch of a step."""
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     if branch is not None and extra_loss is not None:
@@ -87,82 +166,26 @@ def train_classifier(
         "constant_with_warmup", optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps)
     )
     eval_every = cfg.eval_every or max(1, len(train_loader) // cfg.grad_accum)
-    best: dict | None = None
-    best_state: dict | None = None
-    best_step = 0
-    branch_best: dict | None = None
-    step = 0
+    objective = ClassifierObjective(model, accelerator, desc, branch, extra_loss)
+    mechanics = Mechanics(
+        [optimizer],
+        clip_groups,
+        cfg.grad_clip,
+        scheduler,
+        nonfinite="training loss became {value} at step {step}: lower train.lr or check the "
+        "data for broken labels",
+    )
+    select = DevSelection(
+        model, dev_loader, num_labels, accelerator, eval_every, steps, desc, branch
+    )
+    progress = Progress()
     start = time.perf_counter()
-    log = MetricsLog(log_path, accelerator)
-    bar = tqdm(total=steps, desc=desc, disable=not accelerator.is_local_main_process)
-    try:
-        while step < steps:
-            model.train()
-            for batch in train_loader:
-                with accelerator.accumulate(model):
-                    loss = task_loss = model(**batch).loss
-                    parts: dict[str, Any] = {}
-                    aux_term = None
-                    if extra_loss is not None:  # the labelled loss is logged alone, parts beside
-                        extra, parts = extra_loss(model)
-                        loss = task_loss + extra
-                    if branch is not None:  # the target's loss is logged alone, parts beside
-                        with accelerator.autocast():
-                            extra, parts = branch(step, None, accelerator.device)
-                        loss = task_loss + extra
-                        aux_term, branch.task_term = branch.task_term, None
-                    total = loss if aux_term is None else loss + aux_term.detach()
-                    if not torch.isfinite(total):
-                        raise TlpruneError(
-                            f"training loss became {total.item()} at step {step}: lower train.lr "
-                            "or check the data for broken labels"
-                        )
-                    if aux_term is not None:  # transfer.adapt; dense: the graphs share leaves only
-                        shared = branch.shared_weights()
-                        cos = backward_adapted(accelerator, loss, aux_term, shared, retain=False)
-                        parts = {**parts, "aux/cosine": cos}
-                    else:
-                        accelerator.backward(loss)
-                    task_loss = task_loss.detach()
-                    del loss, total, aux_term
-                    if accelerator.sync_gradients and cfg.grad_clip:
-                        for group in clip_groups:
-                            accelerator.clip_grad_norm_(group, cfg.grad_clip)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{task_loss.item():.4f}")
-                aux = {k: float(v) for k, v in parts.items()}
-                log.write({"phase": desc, "step": step, "loss": task_loss.item(), **aux})
-                kill_if_asked(desc, step)
-                if step % eval_every == 0 or step == steps:
-                    dev = evaluate(model, dev_loader, num_labels, accelerator)
-                    model.train()
-                    log.write({"phase": desc, "step": step, "dev": dev})
-                    if best is None or dev["loss"] < best["loss"]:
-                        best, best_step = dev, step
-                        state = accelerator.unwrap_model(model).state_dict()
-                        best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
-                        if branch is not None:
-                            branch_best = branch.carried_state(streams=False)
-                if step >= steps:
-                    break
-    finally:
-        bar.close()
-        log.close()
-    assert best is not None and best_state is not None
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.load_state_dict(best_state)
-    if branch is not None and branch_best is not None:  # heads back to the best step too;
-        branch.load_carried(branch_best)  # the streams go on from where they are
+    batches = epochs(train_loader, progress, on_epoch=model.train)
+    run_loop(accelerator, objective, mechanics, batches, steps, progress, desc, log_path, [select])
+    select.restore()
     return LoopResult(
-        best_dev=copy.deepcopy(best),
-        best_step=best_step,
-        steps=step,
+        best_dev=copy.deepcopy(select.best),
+        best_step=select.best_step,
+        steps=progress.step,
         seconds=time.perf_counter() - start,
     )

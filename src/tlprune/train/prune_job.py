@@ -1,4 +1,5 @@
-"""The prune job: [teacher] -> warm fine-tune -> prune -> physical prune -> final fine-tune.
+"""The prune job: checks and data, then the phases (train/phases/: [teacher] -> [auxiliary
+stage] -> warm fine-tune -> prune -> surgery and final fine-tune), then the report.
 
 Work happens in `<out>.partial/` (teacher, warm model, checkpoints); `--resume` continues a
 killed run from there. Only a finished run is renamed to `<out>`: a model directory that
@@ -10,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +19,19 @@ from typing import Any
 import yaml
 
 from tlprune.config import RunConfig, to_dict
-from tlprune.data.collate import ClassificationCollator, truncated_fraction
+from tlprune.data.collate import truncated_fraction
 from tlprune.data.metrics import classification_metrics
 from tlprune.data.sources import load_task
 from tlprune.data.split import draw_budget
 from tlprune.errors import TlpruneError
-from tlprune.models import load_classifier, load_tokenizer, resolve_model
-from tlprune.paths import atomic_dir
-from tlprune.train.checkpoint import CheckpointManager
-from tlprune.train.evaluate import predict, save_predictions
-from tlprune.train.finetune import check_out_path, make_loaders, smoke_train
-from tlprune.train.loop import train_classifier
+from tlprune.models import load_tokenizer, resolve_model
+from tlprune.train.evaluate import save_predictions
+from tlprune.train.finetune import check_out_path, smoke_train
 from tlprune.train.metrics_log import make_accelerator
+from tlprune.train.phases import PIPELINE
+from tlprune.train.phases.state import PruneRun
 
 SMOKE_PRUNE_STEPS = 4
-CARRIED = "aux_branch.safetensors"  # in the warm model's directory, after warm-phase transfer
 
 
 @dataclass
@@ -150,23 +148,6 @@ def check_phases(cfg: RunConfig) -> None:
         )
 
 
-def load_teacher(path: Path, label_names: list[str]):
-    """The distillation teacher, checked against the task's labels."""
-    from transformers import AutoModelForSequenceClassification
-
-    try:
-        teacher = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    except (OSError, ValueError) as exc:
-        raise TlpruneError(f"cannot load the teacher {path}: {str(exc).splitlines()[0]}") from None
-    names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
-    if names != list(label_names):
-        raise TlpruneError(
-            f"the teacher {path} predicts {names}, the task has {list(label_names)}: "
-            "give a teacher fine-tuned on this task"
-        )
-    return teacher
-
-
 def check_architecture(name: str) -> None:
     """Fail before any work when the model's architecture has no adapter."""
     from transformers import AutoConfig
@@ -181,34 +162,15 @@ def check_architecture(name: str) -> None:
     get_adapter(model_type)
 
 
-def run_prune(
-    cfg: RunConfig, resume: bool = False, on_step: Any = None, on_aux_step: Any = None
-) -> PruneResult:
-    """Prune `cfg.model` for `cfg.data` under `cfg.prune` and save the small model."""
+def _prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PruneRun:
+    """Every check that needs no training, then the data, the work directory and the
+    accelerator: a bad input fails here, before anything is written."""
     import torch
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env, set_seed
-    from safetensors.torch import load_file
+    from accelerate.utils import parse_flag_from_env
 
-    from tlprune.arch import from_hf, unit_sizes
-    from tlprune.gates import GateConfig, GateSet
-    from tlprune.modeling import TlpruneForSequenceClassification
-    from tlprune.surgery import param_report, prune_model
-    from tlprune.train.aux_stage import run_aux_stage
-    from tlprune.train.distill import Distiller
-    from tlprune.train.prune_phase import (
-        PrunePhaseResult,
-        convergence_warnings,
-        run_prune_phase,
-    )
     from tlprune.transfer.aux import load_aux, unique_names
-    from tlprune.transfer.branch import build_branch
-    from tlprune.transfer.groups import copy_log_alphas, copy_weights
 
-    started = time.perf_counter()
-    if cfg.smoke:
-        cfg = smoke_config(cfg)
-    out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
     check_phases(cfg)
     if cfg.data.unlabelled:
         raise TlpruneError(
@@ -246,183 +208,41 @@ def run_prune(
         start_workdir(cfg, work)
     state.wait_for_everyone()
     accelerator = make_accelerator(cfg.prune.prune.mixed_precision, work)
-    log_path = work / "log.jsonl"
-    seconds: dict[str, float] = {}
+    return PruneRun(cfg, task, budget, tokenizer, aux_data, accelerator, work, resume)
 
-    def loaders(phase: int, train_cfg):
-        """Fresh seeded loaders per phase: a resumed run replays later phases identically."""
-        set_seed(cfg.seed + phase)
-        phase_cfg = dataclasses.replace(cfg, train=train_cfg, seed=cfg.seed + phase)
-        return make_loaders(task, budget, tokenizer, phase_cfg, cfg.smoke)
 
-    # -- teacher --------------------------------------------------------------------------------
-    teacher = None
-    if cfg.distill.enabled:
-        t0 = time.perf_counter()
-        tdir = Path(cfg.distill.teacher) if cfg.distill.teacher else work / "teacher"
-        if not (tdir / "config.json").is_file():
-            if cfg.distill.teacher:
-                raise TlpruneError(f"teacher {tdir} has no config.json: give a model directory")
-            dense = load_classifier(cfg.model.name, task.label_names)
-            train_dl, dev_dl, _ = loaders(1, cfg.train)
-            train_classifier(
-                dense,
-                train_dl,
-                dev_dl,
-                cfg.train,
-                task.num_labels,
-                accelerator,
-                log_path,
-                desc="teacher",
-            )
-            _save_main(accelerator, accelerator.unwrap_model(dense), tdir)
-            accelerator.free_memory()
-        teacher = load_teacher(tdir, task.label_names)
-        seconds["teacher"] = time.perf_counter() - t0
-
-    # -- auxiliary stage (sequential coupling: stilts, sequential) ------------------------------
-    tc = cfg.transfer
-    gate_cfg = GateConfig(
-        kinds=list(cfg.prune.kinds),
-        init_log_alpha=cfg.prune.init_log_alpha,
-        log_alpha_min=cfg.prune.log_alpha_clamp[0],
-        log_alpha_max=cfg.prune.log_alpha_clamp[1],
-    )
-    stage = None
-    if tc.coupling == "sequential":
-        base = from_hf(load_classifier(cfg.model.name, task.label_names))
-        sizes = unit_sizes(base.config)
-        branch = build_branch(base, None, aux_data, tokenizer, tc, gate_cfg, sizes, cfg.seed)
-        stage = run_aux_stage(branch, cfg, accelerator, work, log_path, resume, on_aux_step)
-        seconds["aux"] = stage.seconds
-        del base, branch
-
-    # -- warm fine-tune -------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    warm_dir = work / "warm"
-    fixed = stage is not None and stage.masks is not None and tc.variant == "fixed_masks"
-    carried: dict = {}  # the auxiliary branch's heads after a warm phase with transfer
-    if (warm_dir / "config.json").is_file():
-        model = TlpruneForSequenceClassification.from_pretrained(warm_dir)
-    else:
-        set_seed(cfg.seed)  # the new head's initialisation follows the run's seed
-        model = from_hf(load_classifier(cfg.model.name, task.label_names))
-        if stage is not None:
-            copy_weights(stage.encoder, model.tlprune, tc.weights)
-        if not fixed:  # with A's masks fixed, T trains only as the small model (final phase)
-            warm_branch = None
-            if tc.in_warm:  # the branch trains beside T already; the prune phase takes it over
-                warm_branch = build_branch(
-                    model, None, aux_data, tokenizer, tc, None, unit_sizes(model.config), cfg.seed
-                )
-            train_dl, dev_dl, _ = loaders(2, cfg.prune.warm)
-            train_classifier(
-                model,
-                train_dl,
-                dev_dl,
-                cfg.prune.warm,
-                task.num_labels,
-                accelerator,
-                log_path,
-                desc="warm",
-                branch=warm_branch,
-            )
-            model = accelerator.unwrap_model(model)
-            if warm_branch is not None:
-                carried = {CARRIED: warm_branch.carried_state()}
-                del warm_branch  # the prune phase builds its own branch and loads this state
-        _save_main(accelerator, model, warm_dir, carried)
-        del carried
-        accelerator.free_memory()
-    seconds["warm"] = time.perf_counter() - t0
-    dense_report = param_report(model)
-
-    # -- prune ----------------------------------------------------------------------------------
-    sizes = unit_sizes(model.config)
-    if fixed:
-        phase = PrunePhaseResult(
-            masks=stage.masks,
-            best_dev={},
-            best_step=0,
-            steps=0,
-            expected_sparsity=stage.expected_sparsity,
-            worst_gap_after_ramp=None,  # the auxiliary stage's own ramp: not tracked here
-            target=tc.aux_sparsity or cfg.prune.sparsity,
-            seconds=0.0,
-            # A's masks are the model's: say when A's constraint had not converged
-            warnings=convergence_warnings(
-                stage.expected_sparsity, cfg.prune.sparsity, "transfer.aux_stage steps"
-            ),
+def run_prune(
+    cfg: RunConfig, resume: bool = False, on_step: Any = None, on_aux_step: Any = None
+) -> PruneResult:
+    """Prune `cfg.model` for `cfg.data` under `cfg.prune` and save the small model."""
+    started = time.perf_counter()
+    if cfg.smoke:
+        cfg = smoke_config(cfg)
+    out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
+    run = _prepare_run(cfg, out, resume)
+    run.on_step, run.on_aux_step = on_step, on_aux_step
+    for phase in PIPELINE:
+        phase(run)
+    run.seconds["total"] = time.perf_counter() - started
+    report = prune_report(run)
+    run.accelerator.end_training()
+    if run.accelerator.is_main_process:
+        logits, labels = run.test
+        masks = run.phase.masks.masks
+        _write_outputs(
+            run.work, out, run.small, run.tokenizer, cfg, report, masks, logits, labels, run.budget
         )
-    else:
-        gates = GateSet(gate_cfg, sizes, seed=cfg.seed)
-        if stage is not None and stage.gates is not None:  # reprune: A's log-alphas as T's start
-            copy_log_alphas(stage.gates, gates, tc.masks)
-        distiller = None
-        if teacher is not None:
-            distiller = Distiller(
-                cfg.distill,
-                model.config.hidden_size,
-                teacher.config.hidden_size,
-                teacher.config.num_hidden_layers,
-            )
-        branch = None
-        if tc.coupling in ("shared", "soft"):
-            branch = build_branch(model, gates, aux_data, tokenizer, tc, gate_cfg, sizes, cfg.seed)
-            if tc.in_warm:
-                if not (warm_dir / CARRIED).is_file():
-                    raise TlpruneError(
-                        f"{warm_dir} has no {CARRIED} (the warm phase's auxiliary branch): delete "
-                        f"{warm_dir} and resume to redo the warm phase"
-                    )
-                branch.load_carried(load_file(warm_dir / CARRIED))
-            if accelerator.is_main_process:
-                print(branch.memory_note(), file=sys.stderr)
-        collate = ClassificationCollator(tokenizer, task.max_length)
-        _, dev_dl, _ = loaders(3, cfg.prune.prune)
-        phase = run_prune_phase(
-            model,
-            gates,
-            task.train.select(budget.train),
-            collate,
-            dev_dl,
-            cfg,
-            task.num_labels,
-            accelerator,
-            CheckpointManager(work / "checkpoints"),
-            resume,
-            teacher,
-            distiller,
-            log_path,
-            on_step,
-            branch,
-        )
-        seconds["prune"] = phase.seconds
-        accelerator.free_memory()
+    return PruneResult(model=run.small, tokenizer=run.tokenizer, report=report, out_dir=out)
 
-    # -- surgery and final fine-tune -------------------------------------------------------------
-    t0 = time.perf_counter()
-    small = prune_model(accelerator.unwrap_model(model).cpu(), phase.masks.masks)
-    train_dl, dev_dl, test_dl = loaders(4, cfg.prune.final)
-    loop = train_classifier(
-        small,
-        train_dl,
-        dev_dl,
-        cfg.prune.final,
-        task.num_labels,
-        accelerator,
-        log_path,
-        desc="final",
-    )
-    small = accelerator.unwrap_model(small)
-    seconds["final"] = time.perf_counter() - t0
 
-    logits, labels = predict(small, accelerator.prepare(test_dl), accelerator, desc="test")
-    test = classification_metrics(logits, labels, task.num_labels)
-    small_report = param_report(small)
-    seconds["total"] = time.perf_counter() - started
-    report = {
-        **base_report(cfg, task, budget, tokenizer),
+def prune_report(run: PruneRun) -> dict:
+    """The run's report: data, sparsity achieved and expected, sizes, dev, test, times."""
+    from tlprune.surgery import param_report
+
+    cfg, phase, tc = run.cfg, run.phase, run.cfg.transfer
+    logits, labels = run.test
+    return {
+        **base_report(cfg, run.task, run.budget, run.tokenizer),
         "sparsity": {
             "target": cfg.prune.sparsity,
             "achieved": phase.masks.sparsity,
@@ -432,11 +252,11 @@ def run_prune(
             "kept_params": phase.masks.size,
             "notes": phase.masks.notes,
         },
-        "params": {"dense": dense_report, "pruned": small_report},
-        "dev": {"prune": phase.best_dev, "final": loop.best_dev},
-        "test": test,
-        "steps": {"prune": phase.steps, "prune_best": phase.best_step, "final": loop.steps},
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "params": {"dense": run.dense_report, "pruned": param_report(run.small)},
+        "dev": {"prune": phase.best_dev, "final": run.final.best_dev},
+        "test": classification_metrics(logits, labels, run.task.num_labels),
+        "steps": {"prune": phase.steps, "prune_best": phase.best_step, "final": run.final.steps},
+        "seconds": {k: round(v, 2) for k, v in run.seconds.items()},
         "warnings": phase.warnings,
         "distill": cfg.distill.enabled,
         "transfer": {
@@ -450,20 +270,14 @@ def run_prune(
                     "examples": len(d.rows),
                     "notes": d.notes,
                 }
-                for d in aux_data
+                for d in run.aux_data
             ],
-            "aux_stage_steps": stage.steps if stage is not None else 0,
+            "aux_stage_steps": run.stage.steps if run.stage is not None else 0,
             "in_warm": tc.in_warm,
             "adapt": tc.adapt,
         },
-        "processes": accelerator.num_processes,
+        "processes": run.accelerator.num_processes,
     }
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        _write_outputs(
-            work, out, small, tokenizer, cfg, report, phase.masks.masks, logits, labels, budget
-        )
-    return PruneResult(model=small, tokenizer=tokenizer, report=report, out_dir=out)
 
 
 def base_report(cfg: RunConfig, task, budget, tokenizer) -> dict:
@@ -481,19 +295,6 @@ def base_report(cfg: RunConfig, task, budget, tokenizer) -> dict:
         "smoke": cfg.smoke,
         "notes": task.notes,
     }
-
-
-def _save_main(accelerator, model, path: Path, tensors: dict | None = None) -> None:
-    """Save a model directory (and `tensors`: file name -> state) atomically from the main
-    process; everyone waits for it."""
-    from safetensors.torch import save_file
-
-    if accelerator.is_main_process:
-        with atomic_dir(path, overwrite=True) as tmp:
-            model.save_pretrained(tmp)
-            for name, state in (tensors or {}).items():
-                save_file(state, tmp / name)
-    accelerator.wait_for_everyone()
 
 
 def _write_outputs(work, out, small, tokenizer, cfg, report, masks, logits, labels, budget):

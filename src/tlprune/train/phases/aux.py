@@ -1,0 +1,26 @@
+"""Auxiliary phase (sequential coupling: presets stilts, sequential): the auxiliary branch
+trains alone first; the target starts from its weights (and masks)."""
+
+from __future__ import annotations
+
+from tlprune.models import load_classifier
+from tlprune.train.phases.state import PruneRun
+
+
+def aux_phase(run: PruneRun) -> None:
+    from tlprune.arch import from_hf, unit_sizes
+    from tlprune.train.aux_stage import run_aux_stage
+    from tlprune.transfer.branch import build_branch
+
+    cfg, tc = run.cfg, run.cfg.transfer
+    if tc.coupling != "sequential":
+        return
+    base = from_hf(load_classifier(cfg.model.name, run.task.label_names))
+    sizes = unit_sizes(base.config)
+    branch = build_branch(
+        base, None, run.aux_data, run.tokenizer, tc, run.gate_config(), sizes, cfg.seed
+    )
+    run.stage = run_aux_stage(
+        branch, cfg, run.accelerator, run.work, run.log_path, run.resume, run.on_aux_step
+    )
+    run.seconds["aux"] = run.stage.seconds
