@@ -111,6 +111,11 @@ class PruneConfig:
     # every log-alpha makes the expected sparsity equal the target (gates/target_shift.py);
     # hold: the multipliers while the target ramps, the offset once it has reached the sparsity
     constraint: str = "lagrangian"
+    # uniform: every log-alpha at init_log_alpha (CoFi); fisher: heads and FFN units ranked by
+    # the warm model's Fisher score per parameter, from init_log_alpha down to
+    # init_log_alpha - gate_init_span (gates/importance_init.py)
+    gate_init: str = "uniform"
+    gate_init_span: float = 4.0
     method: str = "gates"  # gates (hard-concrete, CoFi-class) | fisher (retraining-free)
     warm: TrainConfig = field(default_factory=_warm)  # dense fine-tune before gates
     prune: TrainConfig = field(default_factory=_prune_phase)  # gates + weights
@@ -139,6 +144,15 @@ class PruneConfig:
             raise ConfigError(
                 f"prune.constraint must be one of {list(CONSTRAINTS)}, got {self.constraint!r}"
             )
+        if self.gate_init not in ("uniform", "fisher"):
+            raise ConfigError(f"prune.gate_init must be uniform or fisher, got {self.gate_init!r}")
+        if self.gate_init == "fisher" and not {"head", "ffn_unit"} <= set(self.kinds):
+            raise ConfigError(
+                "prune.gate_init=fisher ranks heads and FFN units: keep head and ffn_unit in "
+                "prune.kinds"
+            )
+        if self.gate_init_span <= 0:
+            raise ConfigError(f"prune.gate_init_span must be > 0, got {self.gate_init_span}")
         if self.method not in PRUNE_METHODS:
             raise ConfigError(
                 f"prune.method must be one of {list(PRUNE_METHODS)}, got {self.method!r}"
