@@ -109,6 +109,135 @@ class _Pool:
         return self.keep.view(self.rows, self.cols)
 
 
+class _Width:
+    """The kept hidden dims: the `width` best by keep probability, snapped to a multiple."""
+
+    def __init__(self, mask: Tensor, probs: Tensor, full: int, multiple: int, notes: list[str]):
+        self.mask, self.full, self.multiple, self.notes = mask, full, multiple, notes
+        self.order = torch.sort(probs, descending=True, stable=True).indices
+
+    @property
+    def value(self) -> int:
+        return int(self.mask.sum())
+
+    def snap(self, d: int, up: bool) -> int:
+        """The nearest allowed width at or below (above) d."""
+        m = self.multiple
+        if m == 1 or d >= self.full or d % m == 0:
+            return d
+        if up:
+            return min(self.full, -(-d // m) * m)
+        return d - d % m if d >= m else d
+
+    def set(self, new: int, why: str | None) -> None:
+        old = self.value
+        self.mask[:] = False
+        self.mask[self.order[:new]] = True
+        if why is not None:
+            change = "added" if new > old else "removed"
+            self.notes.append(f"{change} {abs(new - old)} hidden dims: {why}")
+
+    def round(self) -> None:
+        """A configured rounding, not a fallback: to the nearest allowed width (ties down);
+        FFN units then absorb the difference in size."""
+        d = self.value
+        down, up = self.snap(d, up=False), self.snap(d, up=True)
+        if down != d:
+            self.set(up if up - d < d - down else down, None)
+
+
+class _Fit:
+    """Heads, FFN units and hidden width adjusted, in a fixed order of fallbacks, until the
+    exact size meets the budget (and is less than one step below it)."""
+
+    def __init__(self, heads, units, width: _Width | None, sizes, budget, enabled, notes):
+        self.heads, self.units, self.width, self.sizes = heads, units, width, sizes
+        self.budget, self.notes = budget, notes
+        self.adj_heads, self.adj_units = "head" in enabled, "ffn_unit" in enabled
+
+    def d(self) -> int:
+        return self.width.value if self.width is not None else self.sizes.hidden
+
+    def size(self) -> int:
+        d = self.d()
+        return self.heads.kept * self.sizes.head_params(d) + self.units.kept * self.up()
+
+    def up(self) -> int:
+        return self.sizes.ffn_unit_params(self.d())
+
+    def hp(self) -> int:
+        return self.sizes.head_params(self.d())
+
+    def line(self, n_h: int, n_f: int) -> tuple[int, int]:
+        """(slope, const): n_h heads and n_f units at width d hold slope * d + const."""
+        dh = self.sizes.head_size
+        return 4 * dh * n_h + 2 * n_f, 3 * dh * n_h + n_f
+
+    def widen(self) -> None:
+        """Widen hidden only when every adjustable head and unit could not fill the budget."""
+        w, heads, units = self.width, self.heads, self.units
+        if w is None or w.value >= self.sizes.hidden:
+            return
+        n_h = heads.keep.numel() if self.adj_heads else heads.kept
+        n_f = units.keep.numel() if self.adj_units else units.kept
+        slope, const = self.line(n_h, n_f)
+        if slope > 0 and slope * w.value + const < self.budget:
+            new = w.snap(min(self.sizes.hidden, -(-(self.budget - const) // slope)), up=True)
+            w.set(new, f"{w.value} could not hold the budget {self.budget}")
+
+    def cut(self) -> None:
+        """Over the budget: FFN units first, then heads, then hidden dims."""
+        budget, heads, units = self.budget, self.heads, self.units
+        if self.size() > budget and self.adj_units:
+            units.remove(min(-(-(self.size() - budget) // self.up()), units.kept))
+        if self.size() > budget and self.adj_heads:
+            k = min(-(-(self.size() - budget) // self.hp()), heads.kept)
+            heads.remove(k)
+            self.notes.append(f"removed {k} heads: removing every FFN unit did not meet the budget")
+        if self.size() > budget and self.width is not None:
+            slope, const = self.line(heads.kept, units.kept)
+            if const <= budget:
+                new = self.width.snap(min(self.width.value, (budget - const) // slope), up=False)
+                self.width.set(new, "the units left did not fit")
+
+    def fill(self) -> None:
+        """Room left: FFN units first, then heads (and units out again if a head overshoots)."""
+        budget, heads, units = self.budget, self.heads, self.units
+        if budget - self.size() >= self.up() and self.adj_units:
+            units.add(min((budget - self.size()) // self.up(), units.free))
+        step = self.up() if self.adj_units else self.hp()
+        if budget - self.size() >= step and self.adj_heads and heads.free:
+            gap = budget - self.size()
+            k = min(-(-gap // self.hp()) if self.adj_units else gap // self.hp(), heads.free)
+            heads.add(k)
+            self.notes.append(f"added {k} heads: every FFN unit was in and the budget had room")
+            if self.size() > budget and self.adj_units:
+                units.remove(min(-(-(self.size() - budget) // self.up()), units.kept))
+
+    def check(self, kept: int) -> None:
+        """Say when the result is over the budget or more than one step below it."""
+        assert kept == self.size(), (kept, self.size())
+        step = self.up() if self.adj_units else self.hp()
+        if kept > self.budget:
+            self.notes.append(
+                f"cannot meet the budget {self.budget} with the enabled kinds: kept {kept}"
+            )
+        elif (self.adj_units or self.adj_heads) and self.budget - kept >= step:
+            self.notes.append(f"kept {kept} is {self.budget - kept} below the budget {self.budget}")
+
+
+def _probabilities(keep_probs: Mapping[str, Tensor], sizes: UnitSizes) -> dict[str, Tensor]:
+    """Checked float64 keep probabilities of every kind (1 for the kinds not enabled)."""
+    check_gates(keep_probs, sizes)
+    p = {k: v.detach().to("cpu", torch.float64) for k, v in keep_probs.items()}
+    for kind, value in p.items():
+        if not bool(((value >= 0) & (value <= 1)).all()):
+            raise ValueError(f"keep probabilities of {kind!r} must lie in [0, 1]")
+    for kind in ("head", "mha", "ffn_unit", "ffn", "hidden"):
+        p.setdefault(kind, torch.ones(sizes.shape(kind), dtype=torch.float64))
+    return p
+
+
 def final_masks(
     keep_probs: Mapping[str, Tensor],
     sizes: UnitSizes,
@@ -125,103 +254,28 @@ def final_masks(
         raise GateConfigError(f"target sparsity must be in [0, 1), got {target_sparsity}")
     if hidden_multiple < 1:
         raise GateConfigError(f"hidden_multiple must be >= 1, got {hidden_multiple}")
-    check_gates(keep_probs, sizes)
     device = next((v.device for v in keep_probs.values()), torch.device("cpu"))
-    p = {k: v.detach().to("cpu", torch.float64) for k, v in keep_probs.items()}
-    for kind, value in p.items():
-        if not bool(((value >= 0) & (value <= 1)).all()):
-            raise ValueError(f"keep probabilities of {kind!r} must lie in [0, 1]")
-    enabled = set(p)
-    for kind in ("head", "mha", "ffn_unit", "ffn", "hidden"):
-        p.setdefault(kind, torch.ones(sizes.shape(kind), dtype=torch.float64))
+    enabled = set(keep_probs)
+    p = _probabilities(keep_probs, sizes)
 
     # 1. CoFi's deterministic rule: round(sum of keep probs) per layer / over hidden.
     def top(kind: str) -> Tensor:
         rows = p[kind] if p[kind].dim() == 2 else p[kind][None]
         return _top_per_row(rows, _round_half_up(rows.sum(1))).view(p[kind].shape)
 
-    mha, ffn = p["mha"] >= 0.5, p["ffn"] >= 0.5
-    heads = _Pool(top("head"), mha, p["head"], p["mha"])
-    units = _Pool(top("ffn_unit"), ffn, p["ffn_unit"], p["ffn"])
+    heads = _Pool(top("head"), p["mha"] >= 0.5, p["head"], p["mha"])
+    units = _Pool(top("ffn_unit"), p["ffn"] >= 0.5, p["ffn_unit"], p["ffn"])
     hidden = top("hidden")
-
-    budget = math.floor((1.0 - target_sparsity) * sizes.full_size)
     notes: list[str] = []
-    adj_heads, adj_units = "head" in enabled, "ffn_unit" in enabled
-
-    has_hidden = "hidden" in enabled
-    hidden_order = torch.sort(p["hidden"], descending=True, stable=True).indices
-
-    def width() -> int:
-        return int(hidden.sum())
-
-    def snap(d: int, up: bool) -> int:
-        """The nearest allowed width at or below (above) d."""
-        m = hidden_multiple
-        if m == 1 or d >= sizes.hidden or d % m == 0:
-            return d
-        if up:
-            return min(sizes.hidden, -(-d // m) * m)
-        return d - d % m if d >= m else d
-
-    def set_width(new: int, why: str | None) -> None:
-        old = width()
-        hidden[:] = False
-        hidden[hidden_order[:new]] = True
-        if why is not None:
-            change = "added" if new > old else "removed"
-            notes.append(f"{change} {abs(new - old)} hidden dims: {why}")
-
-    if has_hidden and snap(width(), up=False) != width():
-        # a configured rounding, not a fallback: to the nearest allowed width (ties down);
-        # FFN units then absorb the difference in size
-        down, up_ = snap(width(), up=False), snap(width(), up=True)
-        set_width(up_ if up_ - width() < width() - down else down, None)
-
-    def size() -> int:
-        d = width()
-        return heads.kept * sizes.head_params(d) + units.kept * sizes.ffn_unit_params(d)
-
-    def fitting_width(n_h: int, n_f: int) -> tuple[int, int]:
-        """(slope, const): n_h heads and n_f units at width d hold slope * d + const."""
-        return 4 * sizes.head_size * n_h + 2 * n_f, 3 * sizes.head_size * n_h + n_f
-
-    # Widen hidden only when every adjustable head and unit could not fill the budget.
-    if has_hidden and width() < sizes.hidden:
-        n_h = heads.keep.numel() if adj_heads else heads.kept
-        n_f = units.keep.numel() if adj_units else units.kept
-        slope, const = fitting_width(n_h, n_f)
-        if slope > 0 and slope * width() + const < budget:
-            new = snap(min(sizes.hidden, -(-(budget - const) // slope)), up=True)
-            set_width(new, f"{width()} could not hold the budget {budget}")
-
-    def up() -> int:
-        return sizes.ffn_unit_params(width())
-
-    def hp() -> int:
-        return sizes.head_params(width())
-
-    if size() > budget and adj_units:
-        units.remove(min(-(-(size() - budget) // up()), units.kept))
-    if size() > budget and adj_heads:
-        k = min(-(-(size() - budget) // hp()), heads.kept)
-        heads.remove(k)
-        notes.append(f"removed {k} heads: removing every FFN unit did not meet the budget")
-    if size() > budget and has_hidden:
-        slope, const = fitting_width(heads.kept, units.kept)
-        if const <= budget:
-            new = snap(min(width(), (budget - const) // slope), up=False)
-            set_width(new, "the units left did not fit")
-    if budget - size() >= up() and adj_units:
-        units.add(min((budget - size()) // up(), units.free))
-    if budget - size() >= (up() if adj_units else hp()) and adj_heads and heads.free:
-        gap = budget - size()
-        k = min(-(-gap // hp()) if adj_units else gap // hp(), heads.free)
-        heads.add(k)
-        notes.append(f"added {k} heads: every FFN unit was in and the budget had room")
-        if size() > budget and adj_units:
-            units.remove(min(-(-(size() - budget) // up()), units.kept))
-
+    width = _Width(hidden, p["hidden"], sizes.hidden, hidden_multiple, notes)
+    if "hidden" in enabled:
+        width.round()
+    budget = math.floor((1.0 - target_sparsity) * sizes.full_size)
+    # 2. the exact budget: widen, cut, fill
+    fit = _Fit(heads, units, width if "hidden" in enabled else None, sizes, budget, enabled, notes)
+    fit.widen()
+    fit.cut()
+    fit.fill()
     masks_all = {
         "head": heads.mask(),
         "mha": heads.parent,
@@ -231,12 +285,7 @@ def final_masks(
     }
     masks = {k: masks_all[k].to(device=device, dtype=torch.float32) for k in p if k in enabled}
     kept = exact_size(masks, sizes)
-    assert kept == size(), (kept, size())
-    step = up() if adj_units else hp()
-    if kept > budget:
-        notes.append(f"cannot meet the budget {budget} with the enabled kinds: kept {kept}")
-    elif (adj_units or adj_heads) and budget - kept >= step:
-        notes.append(f"kept {kept} is {budget - kept} below the budget {budget}")
+    fit.check(kept)
     for note in notes:
         log.warning("final masks: %s", note)
     return FinalMasks(
