@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tlprune.config import RunConfig
 from tlprune.data.sampler import EpochShuffle
 from tlprune.errors import TlpruneError
 from tlprune.gates import FinalMasks, GateSet, Lagrangian, TargetSchedule, final_masks
@@ -27,6 +26,7 @@ from tlprune.train.engine import Mechanics, Step, epochs, run_loop
 from tlprune.train.evaluate import evaluate
 from tlprune.train.gated import GatedModel, GatedObjective, WithMasks
 from tlprune.train.loop import set_trainable, total_steps
+from tlprune.train.phases.state import PruneRun
 
 
 @dataclass
@@ -222,24 +222,19 @@ def _gap_tracker(hold_from: int, objective: GatedObjective):
 
 
 def run_prune_phase(
-    model: nn.Module,
-    gates: GateSet,
-    train_ds: Any,
-    collate: Any,
-    dev_loader: Any,
-    cfg: RunConfig,
-    num_labels: int,
-    accelerator: Any,
-    ckpt: CheckpointManager,
-    resume: bool,
-    teacher: nn.Module | None = None,
-    distiller: nn.Module | None = None,
-    log_path: Path | None = None,
-    on_step: Any = None,
-    branch: Any = None,
+    run: PruneRun, gates: GateSet, distiller: nn.Module | None, branch: Any
 ) -> PrunePhaseResult:
-    """Train weights and gates against task loss + Lagrangian; leave `model` at its best
-    dev state and return the exact-budget masks chosen with it."""
+    """Train `run.model`'s weights and `gates` against task loss (or distillation from
+    `run.teacher`) + the constraint (+ the branch's terms); leave the model at its best dev
+    state and return the exact-budget masks chosen with it."""
+    from tlprune.data.collate import ClassificationCollator
+
+    cfg, accelerator, teacher = run.cfg, run.accelerator, run.teacher
+    model, num_labels = run.model, run.task.num_labels
+    train_ds = run.task.train.select(run.budget.train)
+    collate = ClassificationCollator(run.tokenizer, run.task.max_length)
+    _, dev_loader, _ = run.loaders(3, cfg.prune.prune)
+    ckpt = CheckpointManager(run.work / "checkpoints")
     pc, phase = cfg.prune, cfg.prune.prune
     p = _prepare(
         model, gates, train_ds, collate, dev_loader, cfg, accelerator, (teacher, distiller, branch)
@@ -258,17 +253,16 @@ def run_prune_phase(
     select = MaskedSelection(p, pc, num_labels, accelerator, eval_every)
     save = PhaseCheckpoint(ckpt, p, select, accelerator, pc.checkpoint_every)
     progress = Progress()
-    latest = ckpt.latest() if resume else None
-    if (
-        latest is not None
-    ):  # auxiliary streams resume too: their positions are buffers of the branch
+    latest = ckpt.latest() if run.resume else None
+    if latest is not None:  # auxiliary streams resume too: buffers of the branch
         progress = ckpt.load(latest, save.modules, p.optimizers)
         select.load(latest)
     hooks = [_gap_tracker(hold_from, objective), select, save]
-    if on_step is not None:
-        hooks.append(lambda progress, out, log: on_step(progress.step))
+    if run.on_step is not None:
+        hooks.append(lambda progress, out, log: run.on_step(progress.step))
     started = time.perf_counter()
     batches = epochs(p.loader, progress, on_epoch=p.gm.train, accelerator=accelerator)
+    log_path = run.log_path
     run_loop(
         accelerator, objective, mechanics, batches, p.steps, progress, "prune", log_path, hooks
     )

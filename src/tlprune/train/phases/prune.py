@@ -76,9 +76,7 @@ def _fisher_init(run: PruneRun, gates, sizes) -> None:
 
 def prune_phase(run: PruneRun) -> None:
     from tlprune.arch import unit_sizes
-    from tlprune.data.collate import ClassificationCollator
     from tlprune.gates import GateSet
-    from tlprune.train.checkpoint import CheckpointManager
     from tlprune.train.distill import Distiller
     from tlprune.train.prune_phase import run_prune_phase
     from tlprune.transfer.groups import copy_log_alphas
@@ -100,24 +98,6 @@ def prune_phase(run: PruneRun) -> None:
             cfg.distill, model.config.hidden_size, t.hidden_size, t.num_hidden_layers
         )
     branch = _branch(run, gates, sizes)
-    collate = ClassificationCollator(run.tokenizer, run.task.max_length)
-    _, dev_dl, _ = run.loaders(3, cfg.prune.prune)
-    run.phase = run_prune_phase(
-        model,
-        gates,
-        run.task.train.select(run.budget.train),
-        collate,
-        dev_dl,
-        cfg,
-        run.task.num_labels,
-        run.accelerator,
-        CheckpointManager(run.work / "checkpoints"),
-        run.resume,
-        teacher,
-        distiller,
-        run.log_path,
-        run.on_step,
-        branch,
-    )
+    run.phase = run_prune_phase(run, gates, distiller, branch)
     run.seconds["prune"] = run.phase.seconds
     run.accelerator.free_memory()
