@@ -146,6 +146,7 @@ def run_aux_stage(
         stage.grad_clip,
         nonfinite="auxiliary loss became {value} at step {step}: lower "
         "transfer.aux_stage.lr or prune.gate_lr",
+        sync=list(branch.parameters()),  # the branch trains unwrapped: processes average here
     )
     objective = AuxObjective(branch, schedule, warm, accelerator.device)
     accelerator.gradient_accumulation_steps = 1  # the streams give whole batches

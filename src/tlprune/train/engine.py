@@ -58,6 +58,9 @@ class Mechanics:
     grad_clip: float | None
     scheduler: Any = None
     nonfinite: str = "loss became {value} at step {step}"  # completed to a one-line fix
+    # parameters outside the prepared (DDP) module whose gradients several processes average
+    # here: an auxiliary branch trained alone or beside a plain classifier
+    sync: list[torch.Tensor] = field(default_factory=list)
 
     def update(self, accelerator: Any, out: Step, step: int) -> None:
         total = out.loss if out.aux_term is None else out.loss + out.aux_term.detach()
@@ -68,6 +71,8 @@ class Mechanics:
         else:
             accelerator.backward(out.loss)
         out.loss, out.aux_term = out.loss.detach(), None  # no graph outlives the step
+        if accelerator.sync_gradients and self.sync and accelerator.num_processes > 1:
+            average_grads(self.sync, accelerator.num_processes)
         if accelerator.sync_gradients and self.grad_clip:
             for group in self.clip_groups:
                 accelerator.clip_grad_norm_(group, self.grad_clip)
@@ -77,6 +82,17 @@ class Mechanics:
             self.scheduler.step()
         for opt in self.optimizers:
             opt.zero_grad()
+
+
+def average_grads(params: list[torch.Tensor], world: int) -> None:
+    """All-reduce the mean gradient of `params` over the processes. Every process reaches the
+    same parameters with a gradient (the schedules that switch terms on are the same)."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
 
 
 Hook = Callable[[Progress, Step, MetricsLog], None]  # after each optimizer step

@@ -43,16 +43,26 @@ def _scalars(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def make_accelerator(mixed_precision: str, project_dir: Path | None = None, grad_accum: int = 1):
-    """An Accelerator that logs to TensorBoard when it is installed and a directory is given."""
+def make_accelerator(
+    mixed_precision: str,
+    project_dir: Path | None = None,
+    grad_accum: int = 1,
+    find_unused: bool = False,
+):
+    """An Accelerator that logs to TensorBoard when it is installed and a directory is given.
+    `find_unused`: parameters may sit out a step (an auxiliary branch while its weight is 0),
+    which DDP must be told on several processes."""
     import importlib.util
 
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     use_tb = project_dir is not None and importlib.util.find_spec("tensorboard") is not None
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused else []
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
+        kwargs_handlers=handlers,
         log_with="tensorboard" if use_tb else None,
         project_dir=str(project_dir) if use_tb else None,
     )

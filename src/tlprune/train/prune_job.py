@@ -196,18 +196,20 @@ def _prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PruneRun:
     state = PartialState(
         cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
     )
-    if cfg.transfer.coupling != "none" and state.num_processes > 1:
-        # the auxiliary streams are not sharded and the branch's heads sit idle while alpha
-        # is 0, which DDP rejects: one process until that is built
+    tc = cfg.transfer
+    if state.num_processes > 1 and (tc.adapt != "none" or tc.in_warm):
+        # adapt's second backward per step and a branch beside the warm classifier are not
+        # built for data-parallel gradients
         raise TlpruneError(
-            "transfer presets run in one process for now: start without torchrun/accelerate "
-            "launch (or use --preset cofi for several processes)"
+            "transfer.adapt and a warm phase with the auxiliary (warm_alpha > 0) run in one "
+            "process: start without torchrun/accelerate launch, or leave them at their defaults"
         )
     state.wait_for_everyone()
     if not resume and state.is_main_process:
         start_workdir(cfg, work)
     state.wait_for_everyone()
-    accelerator = make_accelerator(cfg.prune.prune.mixed_precision, work)
+    find_unused = tc.coupling != "none"  # the branch's heads sit out steps where alpha is 0
+    accelerator = make_accelerator(cfg.prune.prune.mixed_precision, work, find_unused=find_unused)
     return PruneRun(cfg, task, budget, tokenizer, aux_data, accelerator, work, resume)
 
 

@@ -207,6 +207,9 @@ class AuxTask(nn.Module):
         self.order = EpochShuffle(len(data.rows), seed)
         self.position = (0, 0)  # (epoch, batches drawn in it)
         self._perm: tuple[int, list[int]] | None = None
+        # (rank, processes): each step's global batch of processes x batch_size examples is
+        # split between the processes, rank r taking slice r (one process: the whole stream)
+        self.shard = (0, 1)
 
     def get_extra_state(self) -> torch.Tensor:
         return torch.tensor(self.position, dtype=torch.long)
@@ -226,14 +229,17 @@ class AuxTask(nn.Module):
     def next_batch(self, device: torch.device) -> dict[str, torch.Tensor]:
         epoch, batch = self.position
         size = self.data.cfg.batch_size
-        if batch * size >= len(self.data.rows):  # a new epoch
+        rank, world = self.shard
+        span = size * world  # the global batch
+        if batch * span >= len(self.data.rows):  # a new epoch
             epoch, batch = epoch + 1, 0
         if self._perm is None or self._perm[0] != epoch:
             self.order.set_epoch(epoch)
             self._perm = (epoch, list(self.order))
-        examples = [self.data.rows[i] for i in self._perm[1][batch * size : (batch + 1) * size]]
+        start = batch * span + rank * size
+        examples = [self.data.rows[i] for i in self._perm[1][start : start + size]]
         self.position = (epoch, batch + 1)
-        out = self.collate_at(examples, epoch, batch)
+        out = self.collate_at(examples, epoch, batch * world + rank)
         return {k: v.to(device) for k, v in out.items()}
 
     def loss(self, encoder: nn.Module, gates: dict | None, device: torch.device) -> torch.Tensor:

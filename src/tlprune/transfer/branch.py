@@ -235,9 +235,11 @@ def build_branch(
     gate_cfg: GateConfig | None,
     sizes: Any,
     seed: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> AuxBranch:
     """Heads for every auxiliary and the branch beside classifier `model`, built under a forked
-    RNG so that the target's run draws the same random numbers as without it."""
+    RNG so that the target's run draws the same random numbers as without it. `shard`: (this
+    process's rank, processes): each process draws its slice of every auxiliary batch."""
     from tlprune.transfer.aux import build_aux_task, unique_names
 
     with torch.random.fork_rng(devices=[]):
@@ -247,4 +249,5 @@ def build_branch(
         ]
     for task, name in zip(tasks, unique_names([t.name for t in tasks]), strict=True):
         task.name = name  # one log key per task (the same source twice)
+        task.shard = shard
     return AuxBranch(model.tlprune, target_gates, tasks, cfg, gate_cfg, sizes, seed)

@@ -40,8 +40,9 @@ def _branch(run: PruneRun, gates, sizes):
     tc = run.cfg.transfer
     if tc.coupling not in ("shared", "soft"):
         return None
+    gate_cfg, seed = run.gate_config(), run.cfg.seed
     branch = build_branch(
-        run.model, gates, run.aux_data, run.tokenizer, tc, run.gate_config(), sizes, run.cfg.seed
+        run.model, gates, run.aux_data, run.tokenizer, tc, gate_cfg, sizes, seed, run.shard
     )
     if tc.in_warm:
         warm_dir = run.work / "warm"

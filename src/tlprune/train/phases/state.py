@@ -38,6 +38,11 @@ class PruneRun:
     def log_path(self) -> Path:
         return self.work / "log.jsonl"
 
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(this process's rank, processes): the slice of each auxiliary batch it draws."""
+        return self.accelerator.process_index, self.accelerator.num_processes
+
     def loaders(self, phase: int, train_cfg: Any) -> tuple[Any, Any, Any]:
         """Fresh seeded loaders per phase: a resumed run replays later phases identically."""
         from accelerate.utils import set_seed
