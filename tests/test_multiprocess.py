@@ -124,3 +124,20 @@ def test_two_process_transfer_matches_one_process_with_the_same_total_batch(
         # against how far another seed moves them
         assert np.abs(a - b).mean() <= 1.5 * np.abs(a - s).mean() + 1e-3, (phase, a, b, s)
         assert abs(a.mean() - b.mean()) <= 0.02
+
+
+@pytest.mark.slow
+def test_adapt_on_two_processes_is_one_clear_line(tmp_path, tiny_bert_dir):
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    data, aux = sentiment_csv(tmp_path / "d.csv"), aux_csv(tmp_path / "aux.csv")
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m",
+           "tlprune", "prune", "--model", str(tiny_bert_dir), "--target", str(data),
+           "--budget", "60", "--preset", "joint", "--aux", str(aux), "--smoke",
+           "--out", str(tmp_path / "run"), "transfer.adapt=cosine"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode != 0
+    assert "transfer.adapt and a warm phase with the auxiliary" in proc.stderr
+    assert "Traceback" not in proc.stderr.split("error:")[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
