@@ -243,60 +243,87 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _union(value: Any, tp: Any, key: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+
+
+def _list(value: Any, tp: Any, key: str) -> list:
+    (item_tp,) = typing.get_args(tp)
+    if isinstance(value, str):
+        value = [v for v in (s.strip() for s in value.split(",")) if v]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    return [_coerce(v, item_tp, f"{key}[]") for v in value]
+
+
+def _section(value: Any, tp: Any, key: str) -> Any:
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+    return from_dict(tp, value, prefix=f"{key}.")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _float(value: Any, key: str) -> float:
+    if _number(value):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: expected a number, got {value!r}")
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key}: expected an integer, got {value!r}")
+
+
+def _str(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    if _number(value):
+        return str(value)
+    raise ConfigError(f"{key}: expected a string, got {value!r}")
+
+
+_SCALARS = {bool: _bool, float: _float, int: _int, str: _str, Any: lambda value, key: value}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotated type `tp`, converting ints to floats where expected."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        return _union(value, tp, key)
     if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in (s.strip() for s in value.split(",")) if v]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[]") for v in value]
+        return _list(value, tp, key)
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if tp is Any:
-        return value
+        return _section(value, tp, key)
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, key)
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 

@@ -195,17 +195,7 @@ def _missing(column: str, role: str, available: list[str], key: str, where: str 
     )
 
 
-def _normalise(
-    cfg: DataConfig,
-    name: str,
-    train,
-    test,
-    source: str,
-    notes: list[str],
-    values: str | None = None,
-) -> TaskData:
-    import datasets
-
+def _check_columns(cfg: DataConfig, train, test, source: str, values: str | None) -> None:
     wanted = [("text_column", cfg.text_column, "text")]
     if values is None:
         wanted.append(("label_column", cfg.label_column, "label"))
@@ -220,28 +210,46 @@ def _normalise(
             if column not in ds.column_names:
                 _missing(column, role, ds.column_names, key, f" in the {split_name} split")
 
-    feature = train.features[cfg.label_column] if values is None else None
+
+def _labels(cfg: DataConfig, train, test, source: str) -> tuple[list[str], list[int], list[int]]:
+    """Label names and the label ids of both splits: a ClassLabel's own names, or the values
+    seen in training, sorted (numbers by value)."""
+    import datasets
+
+    feature = train.features[cfg.label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names), list(train[cfg.label_column]), list(test[cfg.label_column])
+    raw_train = [_label_key(v) for v in train[cfg.label_column]]
+    raw_test = [_label_key(v) for v in test[cfg.label_column]]
+    if any(v == "" for v in raw_train + raw_test):
+        raise DataError(f"some rows of {source} have an empty label: fill or remove them")
+    label_names = sorted(set(raw_train), key=_sort_key)
+    unseen = sorted(set(raw_test) - set(label_names), key=_sort_key)
+    if unseen:
+        raise DataError(
+            f"test label(s) {unseen} never occur in the training split of {source}: "
+            "add training examples of them or drop them from test"
+        )
+    index = {v: i for i, v in enumerate(label_names)}
+    return label_names, [index[v] for v in raw_train], [index[v] for v in raw_test]
+
+
+def _normalise(
+    cfg: DataConfig,
+    name: str,
+    train,
+    test,
+    source: str,
+    notes: list[str],
+    values: str | None = None,
+) -> TaskData:
+    import datasets
+
+    _check_columns(cfg, train, test, source, values)
     if values is not None:  # regression: no classes; the values travel in the train split
         label_names, train_y, test_y = [], [0] * len(train), [0] * len(test)
-    elif isinstance(feature, datasets.ClassLabel):
-        label_names = list(feature.names)
-        train_y = list(train[cfg.label_column])
-        test_y = list(test[cfg.label_column])
     else:
-        raw_train = [_label_key(v) for v in train[cfg.label_column]]
-        raw_test = [_label_key(v) for v in test[cfg.label_column]]
-        if any(v == "" for v in raw_train + raw_test):
-            raise DataError(f"some rows of {source} have an empty label: fill or remove them")
-        label_names = sorted(set(raw_train), key=_sort_key)
-        unseen = sorted(set(raw_test) - set(label_names), key=_sort_key)
-        if unseen:
-            raise DataError(
-                f"test label(s) {unseen} never occur in the training split of {source}: "
-                "add training examples of them or drop them from test"
-            )
-        index = {v: i for i, v in enumerate(label_names)}
-        train_y = [index[v] for v in raw_train]
-        test_y = [index[v] for v in raw_test]
+        label_names, train_y, test_y = _labels(cfg, train, test, source)
     if len(label_names) < 2 and values is None:
         raise DataError(f"{source} has a single label {label_names}: classification needs two")
 

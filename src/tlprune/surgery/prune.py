@@ -70,13 +70,43 @@ class _Slicer:
         self.new[dst or src] = value if dims else value.clone()
 
 
+def _copy_attention(s: _Slicer, masks, cfg, old_i: int, src: str, dst: str, hidden) -> int:
+    """Layer `old_i`'s kept heads (Q, K, V columns and O rows) into `dst`; their number."""
+    heads = _kept(_layer_mask(masks, "head", old_i), cfg.heads_per_layer[old_i])
+    if heads.numel():
+        cols = _head_columns(heads, cfg.head_size)
+        for proj in ("query", "key", "value"):
+            w, b = f"attention.{proj}.weight", f"attention.{proj}.bias"
+            s.copy(f"{src}{w}", f"{dst}{w}", d0=cols, d1=hidden)
+            s.copy(f"{src}{b}", f"{dst}{b}", d0=cols)
+        w = "attention.output.weight"
+        s.copy(f"{src}{w}", f"{dst}{w}", d0=hidden, d1=cols)
+    s.copy(f"{src}attention.output.bias", f"{dst}attention.output.bias", d0=hidden)
+    for p in ("weight", "bias"):
+        s.copy(f"{src}attention_norm.{p}", f"{dst}attention_norm.{p}", d0=hidden)
+    return heads.numel()
+
+
+def _copy_ffn(s: _Slicer, masks, cfg, old_i: int, src: str, dst: str, hidden) -> int:
+    """Layer `old_i`'s kept FFN units (W1 rows, W2 columns) into `dst`; their number."""
+    units = _kept(_layer_mask(masks, "ffn_unit", old_i), cfg.ffn_per_layer[old_i])
+    if units.numel():
+        w, b = "ffn.intermediate.weight", "ffn.intermediate.bias"
+        s.copy(f"{src}{w}", f"{dst}{w}", d0=units, d1=hidden)
+        s.copy(f"{src}{b}", f"{dst}{b}", d0=units)
+        s.copy(f"{src}ffn.output.weight", f"{dst}ffn.output.weight", d0=hidden, d1=units)
+    s.copy(f"{src}ffn.output.bias", f"{dst}ffn.output.bias", d0=hidden)
+    for p in ("weight", "bias"):
+        s.copy(f"{src}ffn_norm.{p}", f"{dst}ffn_norm.{p}", d0=hidden)
+    return units.numel()
+
+
 def prune_model(
     model: TlpruneForSequenceClassification, masks: Mapping[str, Any]
 ) -> TlpruneForSequenceClassification:
     """A new, smaller model without the units whose mask is 0 (the input model is untouched)."""
     _check_masks(masks)
     cfg: TlpruneConfig = model.config
-    dh = cfg.head_size
     hidden = _kept(masks.get("hidden"), cfg.hidden_size)
     if hidden.numel() == 0:
         raise ValueError("every hidden dimension is masked: nothing would be left")
@@ -97,44 +127,8 @@ def prune_model(
             continue  # the whole layer is gone
         src = f"tlprune.encoder.layers.{old_i}."
         dst = f"tlprune.encoder.layers.{len(layers['source'])}."
-        n_heads = n_units = 0
-        if mha_on:
-            heads = _kept(_layer_mask(masks, "head", old_i), cfg.heads_per_layer[old_i])
-            n_heads = heads.numel()
-            if n_heads:
-                cols = _head_columns(heads, dh)
-                for proj in ("query", "key", "value"):
-                    s.copy(
-                        f"{src}attention.{proj}.weight",
-                        f"{dst}attention.{proj}.weight",
-                        d0=cols,
-                        d1=hidden,
-                    )
-                    s.copy(f"{src}attention.{proj}.bias", f"{dst}attention.{proj}.bias", d0=cols)
-                s.copy(
-                    f"{src}attention.output.weight",
-                    f"{dst}attention.output.weight",
-                    d0=hidden,
-                    d1=cols,
-                )
-            s.copy(f"{src}attention.output.bias", f"{dst}attention.output.bias", d0=hidden)
-            for p in ("weight", "bias"):
-                s.copy(f"{src}attention_norm.{p}", f"{dst}attention_norm.{p}", d0=hidden)
-        if ffn_on:
-            units = _kept(_layer_mask(masks, "ffn_unit", old_i), cfg.ffn_per_layer[old_i])
-            n_units = units.numel()
-            if n_units:
-                s.copy(
-                    f"{src}ffn.intermediate.weight",
-                    f"{dst}ffn.intermediate.weight",
-                    d0=units,
-                    d1=hidden,
-                )
-                s.copy(f"{src}ffn.intermediate.bias", f"{dst}ffn.intermediate.bias", d0=units)
-                s.copy(f"{src}ffn.output.weight", f"{dst}ffn.output.weight", d0=hidden, d1=units)
-            s.copy(f"{src}ffn.output.bias", f"{dst}ffn.output.bias", d0=hidden)
-            for p in ("weight", "bias"):
-                s.copy(f"{src}ffn_norm.{p}", f"{dst}ffn_norm.{p}", d0=hidden)
+        n_heads = _copy_attention(s, masks, cfg, old_i, src, dst, hidden) if mha_on else 0
+        n_units = _copy_ffn(s, masks, cfg, old_i, src, dst, hidden) if ffn_on else 0
         layers["heads"].append(n_heads)
         layers["ffn"].append(n_units)
         layers["mha"].append(mha_on)

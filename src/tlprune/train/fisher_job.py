@@ -46,24 +46,24 @@ from tlprune.train.prune_job import (
 SMOKE_EXAMPLES = 32
 
 
-def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
-    """Prune `cfg.model` for `cfg.data` to `cfg.prune.sparsity` without gate training."""
+def _smoke(cfg: RunConfig) -> RunConfig:
+    cfg = smoke_config(cfg)
+    small = min(cfg.fisher.examples, SMOKE_EXAMPLES)
+    fisher = dataclasses.replace(cfg.fisher, examples=small, tune_examples=small)
+    return dataclasses.replace(cfg, fisher=fisher)
+
+
+def _prepare(cfg: RunConfig, out: Path, resume: bool):
+    """Every check, the data and the work directory: (the run's state, workdir, unlabelled)."""
     from accelerate import PartialState
 
     from tlprune.transfer.unlabelled import load_unlabelled
 
-    started = time.perf_counter()
-    if cfg.smoke:
-        cfg = smoke_config(cfg)
-        small = min(cfg.fisher.examples, SMOKE_EXAMPLES)
-        fisher = dataclasses.replace(cfg.fisher, examples=small, tune_examples=small)
-        cfg = dataclasses.replace(cfg, fisher=fisher)
     if PartialState().num_processes > 1:
         raise TlpruneError(
             "the fisher presets run in one process (they take minutes): start without "
             "torchrun/accelerate launch"
         )
-    out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
     check_architecture(cfg.model.name)
     work = check_workdir(cfg, out, resume)
     task = load_task(cfg.data)
@@ -89,9 +89,21 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
     accelerator = make_accelerator(cfg.prune.final.mixed_precision, work)
     log_path = work / "log.jsonl"
     log_path.touch()
-    seconds: dict[str, float] = {}
     run = _Run(cfg, task, budget, tokenizer, accelerator, log_path)
     run.aux_data = aux_data
+    return run, work, unlabelled
+
+
+def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
+    """Prune `cfg.model` for `cfg.data` to `cfg.prune.sparsity` without gate training."""
+    started = time.perf_counter()
+    if cfg.smoke:
+        cfg = _smoke(cfg)
+    out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
+    run, work, unlabelled = _prepare(cfg, out, resume)
+    task, budget, tokenizer = run.task, run.budget, run.tokenizer
+    accelerator, log_path = run.accelerator, run.log_path
+    seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
     teacher, teacher_info = run.teacher(work, resume)
@@ -425,6 +437,7 @@ def _check_transfer(cfg: RunConfig, task, budget, tokenizer) -> list:
     """The auxiliaries of a STILTs teacher (sequential coupling, dense auxiliary stage), or
     none; anything else is refused before work starts."""
     from tlprune.transfer.aux import load_aux, unique_names
+    from tlprune.transfer.couplings import check_transfer
 
     tc = cfg.transfer
     if tc.coupling == "none":
@@ -437,7 +450,7 @@ def _check_transfer(cfg: RunConfig, task, budget, tokenizer) -> list:
             + (", aux_prune" if tc.aux_prune else "")
             + (", --teacher" if cfg.distill.teacher else "")
         )
-    tc.check_ready(cfg.prune)
+    check_transfer(tc, cfg.prune)
     if any(a.task == "mlm" for a in tc.aux) and tokenizer.mask_token_id is None:
         raise TlpruneError(
             f"the tokenizer of {cfg.model.name} has no mask token: MLM auxiliaries need one"
