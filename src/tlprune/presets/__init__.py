@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tlprune.config import RunConfig, from_dict, merge, to_dict
+from tlprune.config import RunConfig, build_config, load_yaml
 from tlprune.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent
@@ -31,6 +31,19 @@ def preset_dict(name: str) -> dict[str, Any]:
     return data
 
 
+def resolve(
+    name: str | None = None,
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """The one place a run's config is resolved: defaults < preset < config file < flags <
+    dotted overrides. The preset is `name`, else the config file's `preset`, else cofi."""
+    if name is None and config_file is not None:
+        name = load_yaml(config_file).get("preset")
+    return build_config(RunConfig, config_file, flags, overrides, base=preset_dict(name or "cofi"))
+
+
 def preset_config(name: str) -> RunConfig:
     """The defaults with preset `name` applied: a RunConfig to edit and pass to tlprune.prune."""
-    return from_dict(RunConfig, merge(to_dict(RunConfig()), preset_dict(name)))
+    return resolve(name)

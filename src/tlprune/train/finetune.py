@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,13 @@ from tlprune.models import load_classifier, load_tokenizer, resolve_model
 from tlprune.paths import atomic_dir
 from tlprune.train.evaluate import predict, save_predictions
 from tlprune.train.loop import train_classifier
+from tlprune.train.result import RunResult
 
 SMOKE_STEPS = 2
 SMOKE_TEST = 64
 
 
-@dataclass
-class FinetuneResult:
-    """What a fine-tune run produced: the model, its metrics and (when saved) its directory."""
-
-    model: Any
-    tokenizer: Any
-    metrics: dict
-    out_dir: Path | None
+FinetuneResult = RunResult  # one result type (train/result.py)
 
 
 def check_out_path(out: Path, overwrite: bool) -> None:
@@ -134,7 +127,7 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
         }
         if tmp is not None:
             _save(tmp, model, tokenizer, cfg, metrics, logits, labels, budget)
-    return FinetuneResult(model=model, tokenizer=tokenizer, metrics=metrics, out_dir=out)
+    return RunResult(model=model, tokenizer=tokenizer, report=metrics, out_dir=out)
 
 
 class _output:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +29,13 @@ from tlprune.train.finetune import check_out_path, smoke_train
 from tlprune.train.metrics_log import make_accelerator
 from tlprune.train.phases import PIPELINE
 from tlprune.train.phases.state import PruneRun
+from tlprune.train.result import RunResult
+from tlprune.transfer.couplings import check_transfer, coupling_of
 
 SMOKE_PRUNE_STEPS = 4
 
 
-@dataclass
-class PruneResult:
-    """A finished prune run: the small model, its report and its directory."""
-
-    model: Any
-    tokenizer: Any
-    report: dict
-    out_dir: Path
+PruneResult = RunResult  # one result type (train/result.py)
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -177,7 +171,7 @@ def _prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PruneRun:
             "--unlabelled (data.unlabelled) is read by the fisher presets only: leave it out "
             "here, or give unlabelled text to a transfer preset as --aux mlm:SOURCE"
         )
-    cfg.transfer.check_ready(cfg.prune)
+    check_transfer(cfg.transfer, cfg.prune)
     check_architecture(cfg.model.name)
     work = check_workdir(cfg, out, resume)
     task = load_task(cfg.data)
@@ -208,7 +202,7 @@ def _prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PruneRun:
     if not resume and state.is_main_process:
         start_workdir(cfg, work)
     state.wait_for_everyone()
-    find_unused = tc.coupling != "none"  # the branch's heads sit out steps where alpha is 0
+    find_unused = coupling_of(tc).branch_in_prune  # its heads sit out steps where alpha is 0
     accelerator = make_accelerator(cfg.prune.prune.mixed_precision, work, find_unused=find_unused)
     return PruneRun(cfg, task, budget, tokenizer, aux_data, accelerator, work, resume)
 
@@ -263,7 +257,7 @@ def prune_report(run: PruneRun) -> dict:
         "distill": cfg.distill.enabled,
         "transfer": {
             "coupling": tc.coupling,
-            "variant": tc.variant if tc.coupling == "sequential" else None,
+            "variant": tc.variant if coupling_of(tc).aux_stage else None,
             "aux": [
                 {
                     "name": d.name,
