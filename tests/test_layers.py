@@ -17,7 +17,7 @@ LAYERS = [
      "tlprune.report", "tlprune.presets"),
     ("tlprune.modeling", "tlprune.data", "tlprune.models"),
     ("tlprune.config",),
-    ("tlprune.errors", "tlprune.paths"),
+    ("tlprune.errors", "tlprune.paths", "tlprune.registry"),
 ]  # fmt: skip
 
 KNOWN: set[tuple[str, str]] = set()  # exceptions (none)

@@ -19,6 +19,7 @@ from tlprune.gates import GateConfig, GateSet
 from tlprune.train.prune_job import run_prune
 from tlprune.transfer.aux import AuxData
 from tlprune.transfer.branch import build_branch
+from tlprune.transfer.couplings import check_transfer
 from tlprune.transfer.groups import copy_log_alphas, copy_weights, select_weights
 from tlprune.transfer.mlm import MLMCollator
 from tlprune.transfer.schedules import Weight
@@ -612,7 +613,7 @@ def test_mlm_on_target_texts_never_sees_dev_or_test(data):
 def test_settings_that_would_be_ignored_are_refused(overrides, fragment):
     cfg = build_config(RunConfig, overrides=[*overrides, "transfer.aux=[{source: x}]"])
     with pytest.raises(ConfigError, match=fragment):
-        cfg.transfer.check_ready(cfg.prune)
+        check_transfer(cfg.transfer, cfg.prune)
 
 
 def test_target_file_spelt_differently_is_refused(tmp_path, data, monkeypatch):

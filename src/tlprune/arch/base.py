@@ -16,6 +16,7 @@ import torch
 from tlprune.errors import ModelError
 from tlprune.gates.size import UnitSizes
 from tlprune.modeling import TlpruneConfig, TlpruneForSequenceClassification
+from tlprune.registry import Registry
 
 # HF keys of buffers that carry no weights (older checkpoints save them).
 _BUFFER_KEYS = (r"(^|\.)position_ids$", r"(^|\.)token_type_ids$")
@@ -54,29 +55,25 @@ class ArchAdapter:
         return out
 
 
-_REGISTRY: dict[str, ArchAdapter] = {}
+ADAPTERS: Registry[ArchAdapter] = Registry("architecture")
 
 
 def register(adapter: ArchAdapter) -> ArchAdapter:
     """Add an adapter; a second adapter for the same model_type is an error."""
-    if adapter.model_type in _REGISTRY:
-        raise ValueError(f"an adapter for model_type {adapter.model_type!r} is already registered")
-    _REGISTRY[adapter.model_type] = adapter
-    return adapter
+    return ADAPTERS.register(adapter.model_type, adapter)
 
 
 def supported() -> list[str]:
-    return sorted(_REGISTRY)
+    return ADAPTERS.names()
 
 
 def get_adapter(model_type: str) -> ArchAdapter:
-    try:
-        return _REGISTRY[model_type]
-    except KeyError:
+    if model_type not in ADAPTERS:
         raise ModelError(
             f"unsupported architecture {model_type!r}: tlprune prunes {', '.join(supported())} "
             "encoders"
-        ) from None
+        )
+    return ADAPTERS.get(model_type)
 
 
 def from_hf(hf_model) -> TlpruneForSequenceClassification:

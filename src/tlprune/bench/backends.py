@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from tlprune.registry import Registry
+
 Runner = Callable[[dict[str, torch.Tensor]], Any]
 
 
@@ -127,10 +129,12 @@ def _ort(model: torch.nn.Module, threads: int, int8: bool) -> Runner:
     return run
 
 
-BACKENDS: dict[str, Callable[[Any, int], Runner]] = {
-    "eager": eager,
-    "compile": compiled,
-    "onnxruntime": onnxruntime,
-    "onnxruntime-int8": onnxruntime_int8,
-    "torch-int8": torch_int8,
-}
+BACKENDS: Registry[Callable[[Any, int], Runner]] = Registry("bench backend")
+for _name, _make in (
+    ("eager", eager),
+    ("compile", compiled),
+    ("onnxruntime", onnxruntime),
+    ("onnxruntime-int8", onnxruntime_int8),
+    ("torch-int8", torch_int8),
+):
+    BACKENDS.register(_name, _make)

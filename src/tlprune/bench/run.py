@@ -28,7 +28,7 @@ from tlprune.errors import ConfigError
 class BenchConfig:
     """What to measure: backends, shapes (batch, tokens), repeats, threads."""
 
-    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS))  # registration order
     shapes: list[list[int]] = field(default_factory=lambda: [[1, 128], [32, 128]])
     repeats: int = 10
     warmup: int = 3
@@ -37,7 +37,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         bad = [b for b in self.backends if b not in BACKENDS]
         if bad or not self.backends:
-            raise ConfigError(f"unknown backend(s) {bad}; choose from {list(BACKENDS)}")
+            raise ConfigError(f"unknown backend(s) {bad}; choose from {BACKENDS.names()}")
         if self.repeats < 10:
             raise ConfigError(
                 f"repeats must be >= 10 (medians of few runs mislead), got {self.repeats}"

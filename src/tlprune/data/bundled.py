@@ -19,6 +19,7 @@ from tlprune.data import parsers
 from tlprune.data.split import stratified_split, test_split_size
 from tlprune.errors import DataError
 from tlprune.paths import atomic_dir, cache_dir
+from tlprune.registry import Registry
 
 SPLIT_SEED = 20231  # the fixed seed of every bundled train/test split; never change it
 FORMAT_VERSION = 1
@@ -66,14 +67,12 @@ def _vader(name: str, stem: str, what: str) -> BundledDataset:
     )
 
 
-REGISTRY: dict[str, BundledDataset] = {}
+REGISTRY: Registry[BundledDataset] = Registry("bundled dataset")
 
 
 def register(ds: BundledDataset) -> None:
     """Add a bundled dataset; names are unique."""
-    if ds.name in REGISTRY:
-        raise ValueError(f"bundled dataset {ds.name!r} registered twice")
-    REGISTRY[ds.name] = ds
+    REGISTRY.register(ds.name, ds)
 
 
 for _ds in (
@@ -108,7 +107,7 @@ def get(name: str) -> BundledDataset:
             f"unknown dataset {name!r}: use one of {sorted(REGISTRY)}, "
             "or a path to a CSV/TSV/JSONL file or a `datasets` folder"
         )
-    return REGISTRY[name]
+    return REGISTRY.get(name)
 
 
 def dataset_dir(name: str) -> Path:

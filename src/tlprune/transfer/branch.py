@@ -23,6 +23,7 @@ from torch import nn
 from tlprune.config.transfer import ScheduleConfig, TransferConfig
 from tlprune.gates import GateConfig, GateSet, Lagrangian, expected_sparsity
 from tlprune.transfer.aux import AuxTask
+from tlprune.transfer.couplings import coupling_of
 from tlprune.transfer.groups import check_mask_kinds, select_weights
 from tlprune.transfer.schedules import Weight
 
@@ -48,14 +49,14 @@ class AuxBranch(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.coupling = cfg.coupling
+        self.coupling = coupling_of(cfg)  # what this coupling builds (transfer/couplings/)
         self.tasks = nn.ModuleList(tasks)
         kinds = check_mask_kinds(cfg.masks)
         target_kinds = target_gates.kinds if target_gates is not None else []
         self.weight_names = select_weights(target_encoder, cfg.weights)
         self.encoder = copy.deepcopy(target_encoder)
         self.shared_kinds: list[str] = []
-        if self.coupling == "shared":
+        if self.coupling.ties_weights:
             params = dict(target_encoder.named_parameters())
             for name in self.weight_names:  # one tensor: the target's Parameter in both
                 _tie(self.encoder, name, params[name])
@@ -131,7 +132,7 @@ class AuxBranch(nn.Module):
 
     def shared_weights(self) -> list[nn.Parameter]:
         """The trainable tensors both branches update (shared coupling's group W)."""
-        if self.coupling != "shared":
+        if not self.coupling.ties_weights:
             return []
         params = dict(self._target_encoder.named_parameters())
         return [params[n] for n in self.weight_names if params[n].requires_grad]
@@ -147,7 +148,7 @@ class AuxBranch(nn.Module):
         each clipped on its own norm (so beta = 0 is two independent runs); shared is one
         model with extra heads, clipped together."""
         own = [p for p in self.weight_params() if p.requires_grad]
-        return [target, own] if self.coupling == "soft" else [target + own]
+        return [target, own] if self.coupling.penalty else [target + own]
 
     # -- the objective ---------------------------------------------------------------------------
     def aux_gates(self, z_target: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -190,7 +191,7 @@ class AuxBranch(nn.Module):
             s_hat = self.aux_expected_sparsity()
             total = total + self.lagrangian(s_hat, self.aux_target(step))
             parts["aux/expected_sparsity"] = s_hat.detach()
-        if self.coupling == "soft" and b > 0:
+        if self.coupling.penalty and b > 0:
             params = dict(self._target_encoder.named_parameters())
             mine = dict(self.encoder.named_parameters())
             pen = sum(
@@ -203,7 +204,7 @@ class AuxBranch(nn.Module):
             )
             total = total + b * pen
             parts["aux/weight_distance"] = pen.detach()
-        if self.coupling == "soft" and g > 0 and self.gates is not None:
+        if self.coupling.penalty and g > 0 and self.gates is not None:
             keep_t = self._target_gates.keep_probs()
             keep_a = self.gates.keep_probs()
             kinds = [k for k in self.coupled_kinds if k in keep_a]

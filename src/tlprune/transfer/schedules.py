@@ -12,13 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tlprune.config.transfer import SCHEDULE_KINDS, ScheduleConfig
+from tlprune.registry import Registry
 
 # progress in [0, 1] over the whole prune phase -> factor between value (0) and end (1)
-SCHEDULES: dict[str, Callable[[float], float]] = {
-    "constant": lambda p: 0.0,
-    "linear": lambda p: p,
-    "cosine": lambda p: 0.5 * (1.0 - math.cos(math.pi * p)),
-}
+SCHEDULES: Registry[Callable[[float], float]] = Registry("schedule")
+SCHEDULES.register("constant", lambda p: 0.0)
+SCHEDULES.register("linear", lambda p: p)
+SCHEDULES.register("cosine", lambda p: 0.5 * (1.0 - math.cos(math.pi * p)))
 assert tuple(SCHEDULES) == SCHEDULE_KINDS, "the config's schedule names and these must agree"
 
 

@@ -11,9 +11,10 @@ def aux_phase(run: PruneRun) -> None:
     from tlprune.arch import from_hf, unit_sizes
     from tlprune.train.aux_stage import run_aux_stage
     from tlprune.transfer.branch import build_branch
+    from tlprune.transfer.couplings import coupling_of
 
     cfg, tc = run.cfg, run.cfg.transfer
-    if tc.coupling != "sequential":
+    if not coupling_of(tc).aux_stage:
         return
     base = from_hf(load_classifier(cfg.model.name, run.task.label_names))
     sizes = unit_sizes(base.config)

@@ -36,9 +36,10 @@ def _branch(run: PruneRun, gates, sizes):
     from safetensors.torch import load_file
 
     from tlprune.transfer.branch import build_branch
+    from tlprune.transfer.couplings import coupling_of
 
     tc = run.cfg.transfer
-    if tc.coupling not in ("shared", "soft"):
+    if not coupling_of(tc).branch_in_prune:
         return None
     gate_cfg, seed = run.gate_config(), run.cfg.seed
     branch = build_branch(
