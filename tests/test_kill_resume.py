@@ -105,7 +105,7 @@ def _same_run(full, out):
     assert _rows(full) == _rows(out)
 
 
-@pytest.mark.slow  # six processes, about 40 s
+@pytest.mark.slow  # three processes a case, about 15 s each
 @pytest.mark.parametrize(
     ("kill", "flags"),
     [
@@ -115,8 +115,24 @@ def _same_run(full, out):
         ("warm:1", ["--preset", "joint", "transfer.warm_alpha.value=1"]),
         # the final fine-tune of the small model
         ("final:1", []),
+        # a warm phase with gradient accumulation after an auxiliary stage of odd length
+        (
+            "warm:2",
+            [
+                "--preset",
+                "stilts",
+                "transfer.aux_stage.max_steps=3",
+                "prune.warm.grad_accum=2",
+                "prune.warm.max_steps=3",
+            ],
+        ),
+        # gates started from Fisher ranks, the multipliers on the ramp, the projection after
+        (
+            "prune:4",
+            ["prune.gate_init=fisher", "prune.constraint=hold", "prune.kinds=[head,ffn_unit]"],
+        ),
     ],
-    ids=["aux-stage", "two-branch-warm", "final"],
+    ids=["aux-stage", "two-branch-warm", "final", "accumulated-warm", "fisher-hold"],
 )
 def test_sigkill_in_other_phases_resumes_to_the_same_run(tmp_path, kill, flags):
     from tests.test_transfer import aux_csv

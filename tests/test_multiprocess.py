@@ -141,3 +141,23 @@ def test_adapt_on_two_processes_is_one_clear_line(tmp_path, tiny_bert_dir):
     assert "transfer.adapt and a warm phase with the auxiliary" in proc.stderr
     assert "Traceback" not in proc.stderr.split("error:")[0]
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.parametrize("rows", [20, 21, 23, 25])
+def test_every_process_gets_rows_when_the_epoch_does_not_divide(rows):
+    def task(shard, size):
+        t = _task(shard, size)
+        t.data.rows = t.data.rows.select(range(rows)) if rows <= 20 else _more(rows)
+        t.order = type(t.order)(rows, 3)
+        return t
+
+    halves = [task((r, 2), 3) for r in range(2)]
+    for _ in range(20):
+        parts = [h.next_batch(torch.device("cpu"))["i"].tolist() for h in halves]
+        assert all(parts), parts  # never an empty slice (it would fail or hang the others)
+        assert not set(parts[0]) & set(parts[1])
+    assert halves[0].position == halves[1].position
+
+
+def _more(n: int):
+    return datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(n)], "label": [0] * n})

@@ -119,7 +119,8 @@ def run_aux_stage(
             branch.gates, branch.lagrangian, pc.gate_lr
         )
     # one "epoch" = one pass over the largest auxiliary
-    per_epoch = max(len(t.data.rows) // t.data.cfg.batch_size for t in branch.tasks) or 1
+    world = accelerator.num_processes  # each step draws batch_size rows on every process
+    per_epoch = max(len(t.data.rows) // (t.data.cfg.batch_size * world) for t in branch.tasks) or 1
     steps = total_steps(stage, per_epoch)
     schedule, warm = _schedule(branch, cfg, steps, sparsity)
     ckpt = CheckpointManager(work / "aux_checkpoints")
@@ -150,7 +151,9 @@ def run_aux_stage(
     )
     objective = AuxObjective(branch, schedule, warm, accelerator.device)
     accelerator.gradient_accumulation_steps = 1  # the streams give whole batches
+    counted = accelerator.step  # accumulate() counts micro-batches; a stage loaded from disk
     run_loop(accelerator, objective, mechanics, forever(), steps, progress, "aux", log_path, hooks)
+    accelerator.step = counted  # does not, so later phases must not see this stage's count
     masks = s_hat = None
     if branch.gates is not None:
         probs = {k: v.detach().cpu() for k, v in branch.gates.keep_probs().items()}

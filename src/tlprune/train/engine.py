@@ -59,7 +59,7 @@ class Mechanics:
     scheduler: Any = None
     nonfinite: str = "loss became {value} at step {step}"  # completed to a one-line fix
     # parameters outside the prepared (DDP) module whose gradients several processes average
-    # here: an auxiliary branch trained alone or beside a plain classifier
+    # here: the auxiliary branch of the auxiliary stage
     sync: list[torch.Tensor] = field(default_factory=list)
 
     def update(self, accelerator: Any, out: Step, step: int) -> None:

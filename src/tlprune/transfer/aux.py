@@ -231,7 +231,9 @@ class AuxTask(nn.Module):
         size = self.data.cfg.batch_size
         rank, world = self.shard
         span = size * world  # the global batch
-        if batch * span >= len(self.data.rows):  # a new epoch
+        # a new epoch once the last process's slice would be empty (one process: once the
+        # epoch is used up); the last global batch of an epoch may be short on some processes
+        if batch * span + (world - 1) * size >= len(self.data.rows):
             epoch, batch = epoch + 1, 0
         if self._perm is None or self._perm[0] != epoch:
             self.order.set_epoch(epoch)
