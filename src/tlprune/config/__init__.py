@@ -151,6 +151,11 @@ class PruneConfig:
                 "prune.gate_init=fisher ranks heads and FFN units: keep head and ffn_unit in "
                 "prune.kinds"
             )
+        if self.gate_init == "fisher" and self.method == "fisher":
+            raise ConfigError(
+                "prune.gate_init=fisher starts gates; prune.method=fisher has none: leave "
+                "gate_init at uniform"
+            )
         if self.gate_init_span <= 0:
             raise ConfigError(f"prune.gate_init_span must be > 0, got {self.gate_init_span}")
         if self.method not in PRUNE_METHODS:

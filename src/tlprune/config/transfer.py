@@ -211,9 +211,9 @@ class TransferConfig:
         )
         return self.coupling in ("shared", "soft") and not zero
 
-    def check_ready(self, prune: Any) -> None:
-        """Before a run, with the prune settings at hand: the checks every coupling shares
-        (each coupling adds its own: transfer/couplings/)."""
+    def check_common(self, prune: Any) -> None:
+        """Before a run, with the prune settings at hand: the checks every coupling shares.
+        Part of transfer.couplings.check_transfer, which adds the coupling's own."""
         c = self.coupling
         if c != "none" and not self.aux:
             raise ConfigError(

@@ -24,6 +24,8 @@ class RunResult:
 
     @property
     def metrics(self) -> dict:
-        """Dev (of the model that ships) and test metrics."""
-        dev = self.report["dev"]
-        return {"dev": dev.get("final", dev) if self.pruned else dev, "test": self.report["test"]}
+        """The fine-tune's report; for a pruned model, the dev metrics of the model that ships
+        (after the final fine-tune) and the test metrics."""
+        if not self.pruned:
+            return self.report
+        return {"dev": self.report["dev"]["final"], "test": self.report["test"]}

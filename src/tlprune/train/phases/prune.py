@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 from tlprune.errors import TlpruneError
 from tlprune.train.phases.state import PruneRun
 from tlprune.train.phases.warm import CARRIED, masks_fixed_by_aux
@@ -71,7 +73,9 @@ def _fisher_init(run: PruneRun, gates, sizes) -> None:
     rows = run.task.train.select(run.budget.train)
     collate = ClassificationCollator(run.tokenizer, run.task.max_length)
     batches = DataLoader(rows, batch_size=pc.prune.batch_size, collate_fn=collate)
-    grads = collect_mask_grads(run.model, batches, next(run.model.parameters()).device)
+    device = run.accelerator.device  # where a fresh and a resumed run both compute it
+    with torch.random.fork_rng(devices=[]):  # the loader's iterator draws a seed: undo it
+        grads = collect_mask_grads(run.model.to(device), batches, device)
     values = log_alphas_from_fisher(grads.diagonal(), sizes, pc.init_log_alpha, pc.gate_init_span)
     set_log_alphas(gates, values)
 

@@ -28,7 +28,7 @@ def coupling_of(tc: TransferConfig) -> Coupling:
 def check_transfer(tc: TransferConfig, prune: Any) -> None:
     """Before a run: the coupling's own settings, then those every coupling shares."""
     coupling_of(tc).check(tc, prune)
-    tc.check_ready(prune)
+    tc.check_common(prune)
 
 
 __all__ = ["COUPLINGS", "Coupling", "check_transfer", "coupling_of"]

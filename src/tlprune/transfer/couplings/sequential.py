@@ -28,6 +28,12 @@ class Sequential:
                 "variant reprune needs coupling sequential, aux_prune: true and the gate kinds "
                 "to carry in transfer.masks"
             )
+        if tc.aux_prune and prune.gate_init == "fisher":
+            raise ConfigError(
+                "prune.gate_init=fisher would replace what the pruned auxiliary stage gives the "
+                "target (its masks, or its gates' start): leave gate_init at uniform, or set "
+                "transfer.aux_prune: false"
+            )
         if tc.aux_prune and tc.variant == "fixed_masks":
             missing = [k for k in prune.kinds if k not in check_mask_kinds(tc.masks)]
             if missing:
