@@ -35,5 +35,6 @@ def test_preset_loads_and_states_only_its_differences(name):
 
 def test_the_shipped_presets():
     expected = {"cofi", "cofi-distill", "finetune", "fisher", "fisher-ft", "fisher-stilts"}
+    expected |= {"fisher-gates"}
     expected |= {"joint", "sequential", "soft", "stilts", "transfer"}
     assert set(available()) == expected
