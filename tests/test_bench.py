@@ -99,7 +99,7 @@ def test_bench_reports_an_unavailable_backend_and_goes_on(tiny_bert_dir, tmp_pat
     def broken(model, threads):
         raise b.BackendUnavailable("no compiler here")
 
-    monkeypatch.setitem(b.BACKENDS, "compile", broken)
+    monkeypatch.setitem(b.BACKENDS._items, "compile", broken)  # registering twice is refused
     pruned = _pruned_dir(tiny_bert_dir, tmp_path)
     cfg = BenchConfig(backends=["compile", "eager"], shapes=[[2, 8]], threads=1)
     info = bench(pruned, str(tiny_bert_dir), cfg, progress=False)

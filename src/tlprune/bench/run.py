@@ -137,40 +137,44 @@ def bench(
     steps = [(b, s) for b in cfg.backends for s in cfg.shapes]
     bar = tqdm(total=len(steps), desc="bench", disable=not progress)
     for backend in cfg.backends:
-        try:
-            runners = {k: BACKENDS[backend](m, threads) for k, m in models.items()}
-        except BackendUnavailable as exc:
-            info["skipped"][backend] = str(exc)
-            bar.update(len(cfg.shapes))
-            continue
-        info["size_bytes"][backend] = {
-            k: getattr(r, "size_bytes", None) for k, r in runners.items()
-        }
-        for batch, tokens in cfg.shapes:
-            inputs = random_inputs(vocab, batch, tokens)
-            fns = {k: (lambda r=r, x=inputs: r(x)) for k, r in runners.items()}
-            try:
-                timing = time_interleaved(fns, cfg.repeats, cfg.warmup)
-            except Exception as exc:
-                info["skipped"][backend] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                bar.update(1)
-                break
-            row: dict[str, Any] = {"backend": backend, "batch": batch, "tokens": tokens}
-            for k, t in timing.items():
-                row[f"{k}_median_s"] = t["median_s"]
-                row[f"{k}_seq_per_s"] = batch / t["median_s"]
-            if "dense" in timing:
-                key = f"{batch}x{tokens}"
-                row["speedup"] = timing["dense"]["median_s"] / timing["pruned"]["median_s"]
-                row["flops_ratio"] = info["macs"]["dense"][key] / info["macs"]["pruned"][key]
-                row["speedup_over_flops_ratio"] = row["speedup"] / row["flops_ratio"]
-            info["results"].append(row)
-            bar.update(1)
+        _bench_backend(backend, models, cfg, threads, vocab, info, bar)
     bar.close()
     _against_references(info["results"])
     if out_json is not None:
         write_json(info, Path(out_json))
     return info
+
+
+def _bench_backend(backend, models, cfg, threads, vocab, info, bar) -> None:
+    """Every shape on one backend, the models interleaved; rows into `info["results"]`, or
+    the reason into `info["skipped"]`."""
+    try:
+        runners = {k: BACKENDS[backend](m, threads) for k, m in models.items()}
+    except BackendUnavailable as exc:
+        info["skipped"][backend] = str(exc)
+        bar.update(len(cfg.shapes))
+        return
+    info["size_bytes"][backend] = {k: getattr(r, "size_bytes", None) for k, r in runners.items()}
+    for batch, tokens in cfg.shapes:
+        inputs = random_inputs(vocab, batch, tokens)
+        fns = {k: (lambda r=r, x=inputs: r(x)) for k, r in runners.items()}
+        try:
+            timing = time_interleaved(fns, cfg.repeats, cfg.warmup)
+        except Exception as exc:
+            info["skipped"][backend] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            bar.update(1)
+            return
+        row: dict[str, Any] = {"backend": backend, "batch": batch, "tokens": tokens}
+        for k, t in timing.items():
+            row[f"{k}_median_s"] = t["median_s"]
+            row[f"{k}_seq_per_s"] = batch / t["median_s"]
+        if "dense" in timing:
+            key = f"{batch}x{tokens}"
+            row["speedup"] = timing["dense"]["median_s"] / timing["pruned"]["median_s"]
+            row["flops_ratio"] = info["macs"]["dense"][key] / info["macs"]["pruned"][key]
+            row["speedup_over_flops_ratio"] = row["speedup"] / row["flops_ratio"]
+        info["results"].append(row)
+        bar.update(1)
 
 
 REFERENCES = {"vs_dense_fp32": "eager", "vs_dense_int8_ort": "onnxruntime-int8"}
