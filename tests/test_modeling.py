@@ -148,7 +148,7 @@ def test_unsupported_architecture_is_a_clear_error():
 
 def test_registry_rejects_duplicates():
     assert supported() == ["bert", "roberta"]
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="architecture 'bert' is registered twice"):
         register(get_adapter("bert"))
 
 
