@@ -10,7 +10,7 @@ selection, checkpoints, callbacks) and the kill hook tests use.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -107,7 +107,7 @@ def run_loop(
     progress: Progress,
     desc: str,
     log_path: Path | None,
-    hooks: list[Hook] = (),  # type: ignore[assignment]
+    hooks: Sequence[Hook] = (),
 ) -> None:
     """Train until `progress.step == steps`; `batches` yields micro-batches (None where the
     objective draws its own)."""
