@@ -214,6 +214,8 @@ def _worker(study, runner: _Runner, names: set[str], heartbeat: int) -> None:
             try:
                 study.optimize(runner, n_trials=1, catch=(CellFailed,))
             except Exception as exc:  # e.g. the store said another worker finished it
+                if "Cannot tell a COMPLETE trial" in str(exc):
+                    continue  # a trial handed out twice; the other worker finished its cell
                 print(f"study worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         elif any(t.state == TrialState.RUNNING for t in trials):
             time.sleep(heartbeat)  # another worker's cell, or a dead one going stale
