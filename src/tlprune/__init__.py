@@ -7,16 +7,29 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from tlprune.api import bundled_datasets as bundled_datasets
     from tlprune.api import evaluate as evaluate
+    from tlprune.api import export as export
     from tlprune.api import finetune as finetune
     from tlprune.api import load as load
+    from tlprune.api import prepare_data as prepare_data
     from tlprune.api import prune as prune
+    from tlprune.train.result import RunResult as RunResult
 
+# the typed API, one function per CLI command (tlprune/api.py); bench, study and report are
+# subpackages here, so their functions are tlprune.api.bench, .study and .report
+_API = (
+    "bundled_datasets",
+    "evaluate",
+    "export",
+    "finetune",
+    "load",
+    "prepare_data",
+    "prune",
+)
 _LAZY = {
-    "finetune": "tlprune.api",
-    "prune": "tlprune.api",
-    "evaluate": "tlprune.api",
-    "load": "tlprune.api",
+    **{name: "tlprune.api" for name in _API},
+    "RunResult": "tlprune.train.result",
     "RunConfig": "tlprune.config",
     "TlpruneError": "tlprune.errors",
 }
@@ -31,4 +44,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tlprune' has no attribute {name!r}")
 
 
-__all__ = ["RunConfig", "TlpruneError", "__version__", "evaluate", "finetune", "load", "prune"]
+__all__ = ["RunConfig", "RunResult", "TlpruneError", "__version__", *_API]

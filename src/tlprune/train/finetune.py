@@ -26,9 +26,6 @@ SMOKE_STEPS = 2
 SMOKE_TEST = 64
 
 
-FinetuneResult = RunResult  # one result type (train/result.py)
-
-
 def check_out_path(out: Path, overwrite: bool) -> None:
     """Refuse a file, or a non-empty previous run unless --overwrite (changes nothing)."""
     if out.exists() and not out.is_dir():
@@ -70,7 +67,7 @@ def make_loaders(task: TaskData, budget: Budget, tokenizer: Any, cfg: RunConfig,
     )
 
 
-def run_finetune(cfg: RunConfig) -> FinetuneResult:
+def run_finetune(cfg: RunConfig) -> RunResult:
     """Fine-tune `cfg.model` on `cfg.data` within the budget; evaluate the dev-selected model
     on the untouched test split; save it with its config and metrics when `cfg.out` is set."""
     from accelerate import Accelerator

@@ -33,7 +33,6 @@ from tlprune.train.metrics_log import MetricsLog, make_accelerator
 from tlprune.train.phases.state import save_main
 from tlprune.train.phases.teacher import load_teacher
 from tlprune.train.prune_job import (
-    PruneResult,
     _write_outputs,
     base_report,
     check_architecture,
@@ -42,6 +41,7 @@ from tlprune.train.prune_job import (
     smoke_config,
     start_workdir,
 )
+from tlprune.train.result import RunResult
 
 SMOKE_EXAMPLES = 32
 
@@ -94,7 +94,7 @@ def _prepare(cfg: RunConfig, out: Path, resume: bool):
     return run, work, unlabelled
 
 
-def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
+def run_fisher(cfg: RunConfig, resume: bool = False) -> RunResult:
     """Prune `cfg.model` for `cfg.data` to `cfg.prune.sparsity` without gate training."""
     started = time.perf_counter()
     if cfg.smoke:
@@ -143,7 +143,7 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> PruneResult:
     )
     accelerator.end_training()
     _write_outputs(work, out, small, tokenizer, cfg, report, masks, logits, labels, budget)
-    return PruneResult(model=small, tokenizer=tokenizer, report=report, out_dir=out)
+    return RunResult(model=small, tokenizer=tokenizer, report=report, out_dir=out)
 
 
 class _Run:

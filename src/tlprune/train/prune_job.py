@@ -35,9 +35,6 @@ from tlprune.transfer.couplings import check_transfer, coupling_of
 SMOKE_PRUNE_STEPS = 4
 
 
-PruneResult = RunResult  # one result type (train/result.py)
-
-
 def default_out(cfg: RunConfig) -> Path:
     target = Path(cfg.data.target).stem if "/" in cfg.data.target else cfg.data.target
     return Path("runs") / (
@@ -209,7 +206,7 @@ def _prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PruneRun:
 
 def run_prune(
     cfg: RunConfig, resume: bool = False, on_step: Any = None, on_aux_step: Any = None
-) -> PruneResult:
+) -> RunResult:
     """Prune `cfg.model` for `cfg.data` under `cfg.prune` and save the small model."""
     started = time.perf_counter()
     if cfg.smoke:
@@ -228,7 +225,7 @@ def run_prune(
         _write_outputs(
             run.work, out, run.small, run.tokenizer, cfg, report, masks, logits, labels, run.budget
         )
-    return PruneResult(model=run.small, tokenizer=run.tokenizer, report=report, out_dir=out)
+    return RunResult(model=run.small, tokenizer=run.tokenizer, report=report, out_dir=out)
 
 
 def prune_report(run: PruneRun) -> dict:
