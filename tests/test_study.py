@@ -4,6 +4,7 @@ a killed worker, search, bad specs, and the report's statistics on a synthetic s
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,15 @@ def test_study_runs_stages_resumes_and_reports(tmp_path, tiny_bert_dir, data, ca
     capsys.readouterr()
     assert main(["study", str(spec), "--out", str(out), "--smoke"]) == 2
     assert "ran with other flags" in capsys.readouterr().err
+
+    # the finished run folders, copied elsewhere, are recorded without running anything
+    spec.write_text(edited.replace("budget: 50", "budget: 60"))
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "runs", copy / "runs")
+    shutil.rmtree(copy / "runs" / "finetune_s1")  # an unfinished cell stays out
+    assert main(["study", str(spec), "--out", str(copy), "--record-only"]) == 0
+    recorded = {t.user_attrs["cell"] for t in _store(copy).trials if t.state.name == "COMPLETE"}
+    assert recorded == set(done) - {"finetune_s1"} and not (copy / "logs").exists()
 
     capsys.readouterr()
     assert main(["report", str(out)]) == 0

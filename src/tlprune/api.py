@@ -177,6 +177,7 @@ def study(
     search: int | None = None,
     progress: bool = True,
     heartbeat: int = 30,
+    record_only: bool = False,
 ):
     """Run a study spec into `out` (resumable; store: `storage`, default OUT/study.db): every
     stage's cells, or with `search`, that many trials of the spec's search space. Returns the
@@ -187,7 +188,7 @@ def study(
     parsed = load_spec(spec)
     if search is not None:
         return run_search(parsed, out, search, jobs, storage, smoke, heartbeat)
-    return run_study(parsed, out, jobs, storage, smoke, progress, heartbeat)
+    return run_study(parsed, out, jobs, storage, smoke, progress, heartbeat, record_only)
 
 
 def report(

@@ -364,12 +364,27 @@ def study(
             help="Run N trials over the spec's search space instead; writes OUT/best-config.yaml.",
         ),
     ] = None,
+    record_only: Annotated[
+        bool,
+        typer.Option(
+            "--record-only",
+            help="Run nothing: record the cells whose run folders under OUT/runs are finished "
+            "(copied from another machine, or committed results) in the store.",
+        ),
+    ] = False,
 ) -> None:
     """Run a study: the spec's grid of runs, stage by stage, resumable; or a search."""
     from tlprune.api import study as run
 
     result = run(
-        spec, out, jobs=jobs, storage=storage, smoke=smoke, search=search, heartbeat=heartbeat
+        spec,
+        out,
+        jobs=jobs,
+        storage=storage,
+        smoke=smoke,
+        search=search,
+        heartbeat=heartbeat,
+        record_only=record_only,
     )
     if search is not None:
         print(f"best configuration: {result} (use: tlprune prune --config {result} ...)")
@@ -377,10 +392,12 @@ def study(
     print(f"{len(result.done)} cells finished, {len(result.failed)} failed; store {result.storage}")
     for name, error in sorted(result.failed.items()):
         print(f"  failed {name}: {error}")
-    if result.not_run:
+    if result.not_run and record_only:
+        print(f"  not finished, not recorded: {', '.join(result.not_run)}")
+    elif result.not_run:
         print(f"  not run: {', '.join(result.not_run)} (run the same command again)")
     print(f"report: tlprune report {result.out_dir}")
-    if result.failed or result.not_run:
+    if result.failed or (result.not_run and not record_only):
         raise typer.Exit(1)
 
 

@@ -99,6 +99,7 @@ class _Runner:
         self.study, self.spec, self.out, self.jobs, self.smoke = study, spec, out, jobs, smoke
         self._slots = list(range(jobs))
         self._lock = threading.Lock()
+        self.record_only = False  # never start a run (cells are filtered to finished ones)
 
     def __call__(self, trial) -> float:
         import optuna
@@ -163,6 +164,8 @@ class _Runner:
         return result
 
     def _call(self, cell: Cell, args: list[str], slot: int, lock: int | None = None) -> None:
+        if self.record_only:
+            raise CellFailed(f"{cell.name}: not finished, and --record-only runs nothing")
         """One `tlprune` process; its output appended to the cell's log (one header a start).
         The process inherits the cell lock: if this worker dies, the lock lasts until the run
         itself ends, so a retry never runs beside an orphaned run."""
@@ -255,9 +258,12 @@ def run_study(
     smoke: bool = False,
     progress: bool = True,
     heartbeat: int = 30,
+    record_only: bool = False,
 ) -> StudyResult:
     """Run every stage of `spec` into `out`: finished cells are skipped, killed ones rerun,
-    failed ones recorded with their error while the others go on."""
+    failed ones recorded with their error while the others go on. `record_only`: run nothing;
+    record the cells whose run folders under OUT/runs are finished (copied from another
+    machine, or committed results), and leave the others for a later run."""
     from tqdm.auto import tqdm
 
     if jobs < 1:
@@ -268,9 +274,13 @@ def run_study(
     study = store.open_store(spec.name, url, heartbeat)
     study.set_user_attr("spec", {**spec.raw, "name": spec.name})
     runner = _Runner(study, spec, out, jobs, smoke)
+    if record_only:
+        runner.record_only = True
     for stage in spec.stages:
         winners = stage_winners(study, spec, stage) if stage.winners_from else None
         cells = spec.cells(stage, winners)
+        if record_only:
+            cells = [c for c in cells if cell_result(out / "runs" / c.name) is not None]
         store.enqueue_missing(study, cells)
         names = {c.name for c in cells}
         threads = [
