@@ -3,6 +3,7 @@ a killed worker, search, bad specs, and the report's statistics on a synthetic s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -406,3 +407,47 @@ def test_every_shipped_spec_loads_and_names_known_presets(path):
     for stage in spec.stages:
         cells = spec.cells(stage, winners=[] if stage.winners_from else None)
         assert cells and len({c.name for c in cells}) == len(cells)
+
+
+def test_selection_table_pairs_each_rule_with_dev_loss_within_runs():
+    """Rules kept on one trajectory are compared run by run (hand-computed t interval), per
+    target and pooled; runs without a selection record add no rows."""
+    from scipy import stats
+
+    from tlprune.study.report import Row, StudyData, tables
+
+    rows, diffs = [], []
+    for target in ("a", "b"):
+        for seed in range(3):
+            gain = 0.01 * (seed + 1) * (1 if target == "a" else 2)
+            diffs.append(100 * gain)
+            sel = {"dev_loss": {"step": 40, "dev": 0.7, "test": 0.75},
+                   "agreement": {"step": 60, "dev": 0.68, "test": 0.75 + gain}}  # fmt: skip
+            rows.append(Row(f"t_{target}{seed}", "transfer", target, 64, 0.8, seed, 0.7, 0.75,
+                            selection=sel))  # fmt: skip
+            rows.append(Row(f"f_{target}{seed}", "finetune", target, 64, None, seed, 0.7, 0.8))
+    tabs = {t: (h, b) for t, h, b in tables(StudyData("s", "recipe", ["finetune"], {}, rows, {}))}
+    header, body = tabs["checkpoint selection within runs (one trajectory, each rule's kept state)"]
+    by = {(r[0], r[2]): dict(zip(header, r, strict=True)) for r in body}
+    assert {r[1] for r in body} == {"transfer"}
+    pooled = by[("pooled", "agreement")]
+    lo, hi = stats.t.interval(0.95, 5, loc=np.mean(diffs), scale=stats.sem(diffs))
+    want = f"{np.mean(diffs):+.1f} [{lo:+.1f}, {hi:+.1f}] (n=6)"
+    assert pooled["test vs dev_loss: t 95%"] == want
+    assert pooled["dev vs dev_loss: t 95%"] == "-2.0 (n=6)"  # no spread: no interval
+    assert by[("a", "agreement")]["steps kept"] == "60,60,60"
+    assert by[("a", "dev_loss")]["test vs dev_loss: t 95%"] == "-"
+
+
+def test_cell_result_keeps_each_selection_rule(tmp_path):
+    from tlprune.study.runner import cell_result
+
+    picks = (("dev_loss", 8, 0.7, 0.75), ("agreement", 12, 0.68, 0.78))
+    rules = {r: {"step": s, "dev": {"accuracy": d, "loss": 0.5}, "heldout": {"kl": 0.1},
+                 "test": {"accuracy": t, "loss": 0.4}} for r, s, d, t in picks}  # fmt: skip
+    report = {"dev": {"final": {"accuracy": 0.7, "loss": 0.5}}, "test": {"accuracy": 0.75},
+              "selection": {"kept": "dev_loss", "rules": rules}}  # fmt: skip
+    (tmp_path / "prune_report.json").write_text(json.dumps(report))
+    got = cell_result(tmp_path)["selection"]
+    assert got == {"dev_loss": {"step": 8, "dev": 0.7, "test": 0.75},
+                   "agreement": {"step": 12, "dev": 0.68, "test": 0.78}}  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tlprune.config.kinds import CONSTRAINTS, GATE_KINDS, PRUNE_METHODS
+from tlprune.config.kinds import CONSTRAINTS, GATE_KINDS, PRUNE_METHODS, SELECT_RULES
 from tlprune.config.train import TrainConfig
 from tlprune.config.transfer import TransferConfig
 from tlprune.errors import ConfigError
@@ -182,6 +182,11 @@ class DistillConfig:
     # labelled batch (hard-label CE) in the final fine-tune; 0 = off (no batch is drawn)
     unlabelled_weight: float = 1.0
     unlabelled_batch_size: int = 64
+    # checkpoint selection in that final fine-tune: hold out this many unlabelled texts (never
+    # distilled on) and track, beside the dev loss, dev loss + KL(teacher || student) on them
+    # (train/agreement.py); `select` is the rule whose best state the run keeps. 0 = no holdout
+    agreement_texts: int = 0
+    select: str = "dev_loss"  # dev_loss | agreement (needs agreement_texts > 0)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -190,6 +195,17 @@ class DistillConfig:
             raise ConfigError("distill.unlabelled_batch_size must be >= 1")
         if min(self.ce_weight, self.kl_weight, self.layer_weight, self.unlabelled_weight) < 0:
             raise ConfigError("distill weights must be >= 0")
+        if self.agreement_texts < 0:
+            raise ConfigError("distill.agreement_texts must be >= 0 (0: no held-out texts)")
+        if self.select not in SELECT_RULES:
+            raise ConfigError(
+                f"distill.select must be one of {list(SELECT_RULES)}, got {self.select!r}"
+            )
+        if self.select == "agreement" and not self.agreement_texts:
+            raise ConfigError(
+                "distill.select=agreement needs held-out texts: set distill.agreement_texts "
+                "(e.g. 512)"
+            )
 
 
 @dataclass

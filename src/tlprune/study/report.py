@@ -47,6 +47,8 @@ class Row:
     worst_gap: float | None = None  # max |expected sparsity - target| after the target ramp
     speedup: float | None = None
     group: str = ""  # the cell's other axes (e.g. "model=bert"): rows pair within a group
+    # rule -> {step, dev, test} of each checkpoint-selection rule on this run's trajectory
+    selection: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +87,7 @@ def rows_from_store(study, spec) -> StudyData:
                 worst_gap=a.get("worst_gap"),
                 speedup=a.get("speedup"),
                 group=group,
+                selection=a.get("selection", {}),
             )
         )
     return StudyData(
@@ -196,7 +199,39 @@ def tables(data: StudyData) -> list[tuple[str, list[str], list[list[str]]]]:
                 body.append([str(budget), str(sparsity), other or "-", m]
                             + [str(iv) if iv and iv.n else "-" for iv in ivs])  # fmt: skip
         out.append(("pooled over targets (paired by target and seed)", header, body))
+    if any(r.selection for r in rows):
+        out.append(selection_table(rows, methods, settings))
     return out
+
+
+def selection_table(rows: list[Row], methods: list[str], settings: list[Setting]):
+    """Each checkpoint-selection rule against dev loss on the same runs (the training is
+    shared, only the kept state differs): per setting, then pooled over settings."""
+    header = ["setting", "method", "rule", "seeds", "steps kept", "dev %", "test % mean ± std",
+              "dev vs dev_loss: t 95%", "test vs dev_loss: t 95%"]  # fmt: skip
+    body = []
+    scopes = [(f"{s[0]}" + (f", {s[3]}" if s[3] else ""), [s]) for s in settings]
+    if len(settings) > 1:
+        scopes.append(("pooled", settings))
+    for label, group in scopes:
+        for m in methods:
+            runs = [c for s in group for c in _cells(rows, m, s).values() if c.selection]
+            for rule in sorted({k for c in runs for k in c.selection}):
+                picked = [c for c in runs if rule in c.selection and "dev_loss" in c.selection]
+                sel = [c.selection[rule] for c in picked]
+                test = np.array([x["test"] for x in sel]) * 100
+                std = f" ± {test.std(ddof=1):.1f}" if len(test) > 1 else ""
+                diff = [] if rule == "dev_loss" else [  # paired within each run
+                    t_interval([c.selection[rule][k] - c.selection["dev_loss"][k] for c in picked])
+                    for k in ("dev", "test")
+                ]  # fmt: skip
+                body.append([label, m, rule, ",".join(str(c.seed) for c in picked),
+                             ",".join(str(int(x["step"])) for x in sel),
+                             f"{100 * np.mean([x['dev'] for x in sel]):.1f}",
+                             f"{test.mean():.1f}{std}",
+                             *(str(iv) for iv in diff or ["-", "-"])])  # fmt: skip
+    return ("checkpoint selection within runs (one trajectory, each rule's kept state)", header,
+            body)  # fmt: skip
 
 
 def verdicts(data: StudyData) -> list[str]:

@@ -60,6 +60,11 @@ def cell_result(run_dir: Path) -> dict[str, Any] | None:
         "expected_at_end": r.get("sparsity", {}).get("expected_at_end"),
         "worst_gap": r.get("sparsity", {}).get("worst_gap_after_ramp"),
     }
+    if "selection" in r:  # what each checkpoint-selection rule kept on the same trajectory
+        out["selection"] = {
+            rule: {"step": c["step"], "dev": c["dev"]["accuracy"], "test": c["test"]["accuracy"]}
+            for rule, c in r["selection"]["rules"].items()
+        }
     preds = run_dir / "predictions.npz"
     if preds.is_file():
         p = np.load(preds)

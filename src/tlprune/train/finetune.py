@@ -91,9 +91,7 @@ def run_finetune(cfg: RunConfig) -> RunResult:
 
     with _output(out, cfg.overwrite, accelerator.is_main_process) as tmp:
         log_path = tmp / "log.jsonl" if tmp else None
-        loop = train_classifier(
-            model, train_dl, dev_dl, train_cfg, task.num_labels, accelerator, log_path
-        )
+        loop = train_classifier(model, train_dl, dev_dl, train_cfg, accelerator, log_path)
         model = accelerator.unwrap_model(model)
         test_dl = accelerator.prepare(test_dl)
         logits, labels = predict(model, test_dl, accelerator, desc="test")

@@ -26,6 +26,7 @@ from tlprune.data.sources import load_task
 from tlprune.data.split import draw_budget
 from tlprune.errors import TlpruneError
 from tlprune.models import load_classifier, load_tokenizer
+from tlprune.train.agreement import selection_report
 from tlprune.train.evaluate import evaluate, predict
 from tlprune.train.finetune import make_loaders
 from tlprune.train.loop import train_classifier
@@ -75,6 +76,7 @@ def _prepare(cfg: RunConfig, out: Path, resume: bool):
     if cfg.smoke:  # a few texts: the dense model's logits on all of them take a while
         for u in unlabelled:
             u.texts = u.texts[:SMOKE_EXAMPLES]
+    _check_holdout(cfg, sum(len(u.texts) for u in unlabelled))
     if cfg.train.mixed_precision != cfg.prune.final.mixed_precision:
         raise TlpruneError(
             "train.mixed_precision and prune.final.mixed_precision differ: one run uses one "
@@ -113,26 +115,28 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> RunResult:
     seconds["fisher"] = time.perf_counter() - t0
     dev_loader, test_loader = run.eval_loaders()
     dev_prune = evaluate(small, dev_loader, task.num_labels)
-    final_dev, final_steps = dev_prune, 0
+    final_dev, final_steps, heldout = dev_prune, 0, None
     if cfg.fisher.final:
         t0 = time.perf_counter()
         train_dl, dev_dl, _ = run.loaders(4, cfg.prune.final)
+        distill, heldout = run.unlabelled_distill(teacher, unlabelled)
         loop = train_classifier(
             small,
             train_dl,
             dev_dl,
             cfg.prune.final,
-            task.num_labels,
             accelerator,
             log_path,
             desc="final",
-            extra_loss=run.unlabelled_distill(teacher, unlabelled),
+            extra_loss=distill,
+            heldout=heldout,
         )
         small = accelerator.unwrap_model(small).cpu()
         final_dev, final_steps = loop.best_dev, loop.steps
         seconds["final"] = time.perf_counter() - t0
     logits, labels = predict(small, test_loader, desc="test")
     test = classification_metrics(logits, labels, task.num_labels)
+    selection = heldout and selection_report(small, loop, cfg.distill.select, test_loader)
     seconds["total"] = time.perf_counter() - started
     report = run.report(small, teacher, masks, fisher_info, teacher_info, unlabelled)
     report.update(
@@ -141,9 +145,29 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> RunResult:
         steps={"prune": 0, "prune_best": 0, "final": final_steps},
         seconds={k: round(v, 2) for k, v in seconds.items()},
     )
+    if selection:
+        report["selection"] = selection
     accelerator.end_training()
     _write_outputs(work, out, small, tokenizer, cfg, report, masks, logits, labels, budget)
     return RunResult(model=small, tokenizer=tokenizer, report=report, out_dir=out)
+
+
+def _check_holdout(cfg: RunConfig, texts: int) -> None:
+    """distill.agreement_texts needs a distilling final fine-tune and texts left to distil."""
+    held, dc = cfg.distill.agreement_texts, cfg.distill
+    if not held:
+        return
+    if not (cfg.fisher.final and dc.unlabelled_weight > 0 and texts):
+        raise TlpruneError(
+            "distill.agreement_texts holds out unlabelled texts of the final fine-tune's "
+            "distillation: give --unlabelled SOURCE, fisher.final=true and "
+            "distill.unlabelled_weight > 0, or set distill.agreement_texts=0"
+        )
+    if held >= texts:
+        raise TlpruneError(
+            f"distill.agreement_texts={held} holds out all {texts} unlabelled texts and leaves "
+            f"none to distil on: set it below {texts} (e.g. {max(1, texts // 5)})"
+        )
 
 
 class _Run:
@@ -239,7 +263,6 @@ class _Run:
             train_dl,
             dev_dl,
             cfg.train,
-            task.num_labels,
             self.accelerator,
             self.log_path,
             desc="teacher",
@@ -252,15 +275,26 @@ class _Run:
         return self.cfg.fisher.final and dc.unlabelled_weight > 0 and bool(unlabelled)
 
     def unlabelled_distill(self, teacher, unlabelled):
-        """The final fine-tune's distillation on unlabelled texts, or None (no batch drawn)."""
+        """The final fine-tune's distillation on unlabelled texts and its held-out selection
+        texts (distill.agreement_texts, never distilled on): (distill or None, heldout or
+        None); no batch is drawn when there is no distillation."""
+        from tlprune.train.agreement import AgreementProbe, Heldout, split_holdout
         from tlprune.train.unlabelled_distill import UnlabelledDistill
 
         dc = self.cfg.distill
         texts = [t for u in unlabelled for t in u.texts]
         if not texts or not self._distils(unlabelled):
-            return None
+            return None, None
         logits = torch.cat(self._teacher_logits(teacher, unlabelled))
-        return UnlabelledDistill(
+        heldout = None
+        if dc.agreement_texts:
+            keep, held = split_holdout(len(texts), dc.agreement_texts, self.cfg.seed + 7_907)
+            probe = AgreementProbe(
+                [texts[i] for i in held], logits[held], self.collate, self.cfg.train.eval_batch_size
+            )
+            heldout = Heldout(probe, dc.select)
+            texts, logits = [texts[i] for i in keep], logits[keep]
+        distill = UnlabelledDistill(
             logits,
             texts,
             self.collate,
@@ -269,6 +303,7 @@ class _Run:
             dc.temperature,
             seed=self.cfg.seed + 7_919,
         )
+        return distill, heldout
 
     def _scoring_rows(self, teacher, unlabelled) -> tuple[list[dict], dict]:
         """The budget's training rows (their labels), then unlabelled texts labelled with the

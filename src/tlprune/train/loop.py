@@ -6,17 +6,31 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tlprune.config import TrainConfig
+from tlprune.train.agreement import Heldout, selection_score
 from tlprune.train.checkpoint import Progress
 from tlprune.train.engine import Mechanics, Step, epochs, run_loop
 from tlprune.train.evaluate import evaluate
 from tlprune.transfer.adapt import backward_adapted
+
+
+@dataclass
+class Candidate:
+    """The best state so far under one selection rule."""
+
+    rule: str
+    score: float = math.inf
+    step: int = 0
+    dev: dict | None = None
+    probe: dict | None = None
+    state: dict | None = None
+    branch: dict | None = None
 
 
 @dataclass
@@ -25,6 +39,8 @@ class LoopResult:
     best_step: int
     steps: int
     seconds: float
+    # every selection rule's best (step, dev, held-out probe, state), the restored one included
+    candidates: dict[str, Candidate] = field(default_factory=dict)
 
 
 def set_trainable(model: Any, freeze: list[str]) -> None:
@@ -89,39 +105,55 @@ class ClassifierObjective:
 
 
 class DevSelection:
-    """Evaluate dev every `every` steps and at the end; keep the lowest-dev-loss state (and the
-    branch's heads with it)."""
+    """Evaluate dev every `every` steps and at the end; keep the best state (and the branch's
+    heads with it) under each rule: `dev_loss`, and with `heldout` (agreement with the teacher
+    on held-out texts, train/agreement.py) also `agreement`; heldout.rule is the one restored."""
 
-    def __init__(self, model, dev_loader, num_labels, accelerator, every, steps, desc, branch):
+    def __init__(
+        self, model, dev_loader, num_labels, accelerator, every, steps, desc, branch,
+        heldout: Heldout | None = None,
+    ):  # fmt: skip
         self.model, self.dev_loader, self.num_labels = model, dev_loader, num_labels
         self.accelerator, self.every, self.steps, self.desc = accelerator, every, steps, desc
         self.branch = branch
-        self.best: dict | None = None
-        self.best_state: dict | None = None
-        self.best_step = 0
-        self.branch_best: dict | None = None
+        self.probe = heldout.probe if heldout else None
+        self.rule = heldout.rule if heldout else "dev_loss"
+        rules = ["dev_loss"] + (["agreement"] if heldout else [])
+        self.candidates = {r: Candidate(r) for r in rules}
+
+    @property
+    def chosen(self) -> Candidate:
+        return self.candidates[self.rule]
 
     def __call__(self, progress: Progress, out: Step, log: Any) -> None:
         step = progress.step
         if step % self.every and step != self.steps:
             return
         dev = evaluate(self.model, self.dev_loader, self.num_labels, self.accelerator)
+        probe = self.probe(self.accelerator.unwrap_model(self.model)) if self.probe else None
         self.model.train()
-        log.write({"phase": self.desc, "step": step, "dev": dev})
-        if self.best is None or dev["loss"] < self.best["loss"]:
-            self.best, self.best_step = dev, step
-            state = self.accelerator.unwrap_model(self.model).state_dict()
-            self.best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+        log.write({"phase": self.desc, "step": step, "dev": dev,
+                   **({"heldout": probe} if probe else {})})  # fmt: skip
+        state = None
+        for c in self.candidates.values():
+            score = selection_score(c.rule, dev, probe)
+            if c.dev is not None and score >= c.score:
+                continue
+            if state is None:  # one copy serves every rule that improved at this step
+                model_state = self.accelerator.unwrap_model(self.model).state_dict()
+                state = {k: v.detach().cpu().clone() for k, v in model_state.items()}
+            c.score, c.step, c.dev, c.probe, c.state = score, step, dev, probe, state
             if self.branch is not None:
-                self.branch_best = self.branch.carried_state(streams=False)
+                c.branch = self.branch.carried_state(streams=False)
 
     def restore(self) -> None:
-        """The model (and the branch's heads) back at the best step; the branch's streams go on
-        from where they are."""
-        assert self.best is not None and self.best_state is not None
-        self.accelerator.unwrap_model(self.model).load_state_dict(self.best_state)
-        if self.branch is not None and self.branch_best is not None:
-            self.branch.load_carried(self.branch_best)
+        """The model (and the branch's heads) back at the chosen rule's best step; the
+        branch's streams go on from where they are."""
+        best = self.chosen
+        assert best.dev is not None and best.state is not None
+        self.accelerator.unwrap_model(self.model).load_state_dict(best.state)
+        if self.branch is not None and best.branch is not None:
+            self.branch.load_carried(best.branch)
 
 
 def train_classifier(
@@ -129,19 +161,20 @@ def train_classifier(
     train_loader: Any,
     dev_loader: Any,
     cfg: TrainConfig,
-    num_labels: int,
     accelerator: Any,
     log_path: Path | None = None,
     desc: str = "fine-tune",
     branch: Any = None,
     extra_loss: Any = None,
+    heldout: Heldout | None = None,
 ) -> LoopResult:
     """Train with AdamW (constant lr after optional linear warm-up), evaluate dev at each epoch
     (or every `cfg.eval_every` steps), and leave the model at its lowest-dev-loss state.
     `branch`: an auxiliary branch (transfer/branch.py) whose terms join the loss each step;
     its heads and own weights return to the best step with the model. `extra_loss(model)`:
-    (a term added to the loss, logged parts), e.g. distillation on unlabelled texts. Logged
-    losses are those of the last micro-batch of a step."""
+    (a term added to the loss, logged parts), e.g. distillation on unlabelled texts. `heldout`:
+    agreement with a teacher on held-out texts, a second selection rule, and the rule kept.
+    Logged losses are those of the last micro-batch of a step; the label count is the model's."""
     from transformers import get_scheduler
 
     if branch is not None and extra_loss is not None:
@@ -175,8 +208,9 @@ def train_classifier(
         nonfinite="training loss became {value} at step {step}: lower train.lr or check the "
         "data for broken labels",
     )
+    num_labels = accelerator.unwrap_model(model).config.num_labels
     select = DevSelection(
-        model, dev_loader, num_labels, accelerator, eval_every, steps, desc, branch
+        model, dev_loader, num_labels, accelerator, eval_every, steps, desc, branch, heldout
     )
     progress = Progress()
     start = time.perf_counter()
@@ -184,8 +218,9 @@ def train_classifier(
     run_loop(accelerator, objective, mechanics, batches, steps, progress, desc, log_path, [select])
     select.restore()
     return LoopResult(
-        best_dev=copy.deepcopy(select.best),
-        best_step=select.best_step,
+        best_dev=copy.deepcopy(select.chosen.dev),
+        best_step=select.chosen.step,
         steps=progress.step,
         seconds=time.perf_counter() - start,
+        candidates=select.candidates,
     )

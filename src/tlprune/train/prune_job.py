@@ -168,6 +168,11 @@ def _prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PruneRun:
             "--unlabelled (data.unlabelled) is read by the fisher presets only: leave it out "
             "here, or give unlabelled text to a transfer preset as --aux mlm:SOURCE"
         )
+    if cfg.distill.agreement_texts:
+        raise TlpruneError(
+            "distill.agreement_texts selects the fisher presets' final fine-tune on held-out "
+            "unlabelled texts: leave it out here (gate presets select on dev loss)"
+        )
     check_transfer(cfg.transfer, cfg.prune)
     check_architecture(cfg.model.name)
     work = check_workdir(cfg, out, resume)

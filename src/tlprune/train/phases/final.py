@@ -18,7 +18,7 @@ def final_phase(run: PruneRun) -> None:
     small = prune_model(acc.unwrap_model(run.model).cpu(), run.phase.masks.masks)
     train_dl, dev_dl, test_dl = run.loaders(4, cfg.prune.final)
     run.final = train_classifier(
-        small, train_dl, dev_dl, cfg.prune.final, run.task.num_labels, acc, run.log_path, "final"
+        small, train_dl, dev_dl, cfg.prune.final, acc, run.log_path, "final"
     )
     run.small = acc.unwrap_model(small)
     run.seconds["final"] = time.perf_counter() - t0

@@ -41,9 +41,7 @@ def teacher_phase(run: PruneRun) -> None:
         dense = load_classifier(cfg.model.name, run.task.label_names)
         train_dl, dev_dl, _ = run.loaders(1, cfg.train)
         acc = run.accelerator
-        train_classifier(
-            dense, train_dl, dev_dl, cfg.train, run.task.num_labels, acc, run.log_path, "teacher"
-        )
+        train_classifier(dense, train_dl, dev_dl, cfg.train, acc, run.log_path, "teacher")
         save_main(acc, acc.unwrap_model(dense), tdir)
         acc.free_memory()
     run.teacher = load_teacher(tdir, run.task.label_names)

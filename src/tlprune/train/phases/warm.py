@@ -47,10 +47,9 @@ def warm_phase(run: PruneRun) -> None:
                     model, None, run.aux_data, run.tokenizer, tc, None, sizes, cfg.seed
                 )
             train_dl, dev_dl, _ = run.loaders(2, cfg.prune.warm)
-            nl = run.task.num_labels
             warm = cfg.prune.warm
             train_classifier(
-                model, train_dl, dev_dl, warm, nl, acc, run.log_path, "warm", branch=branch
+                model, train_dl, dev_dl, warm, acc, run.log_path, "warm", branch=branch
             )
             model = acc.unwrap_model(model)
             if branch is not None:
