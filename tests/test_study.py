@@ -421,14 +421,16 @@ def test_selection_table_pairs_each_rule_with_dev_loss_within_runs():
         for seed in range(3):
             gain = 0.01 * (seed + 1) * (1 if target == "a" else 2)
             diffs.append(100 * gain)
-            sel = {"dev_loss": {"step": 40, "dev": 0.7, "test": 0.75},
-                   "agreement": {"step": 60, "dev": 0.68, "test": 0.75 + gain}}  # fmt: skip
+            base = 0.7 + 0.03 * seed - 0.05 * (target == "b")  # runs differ: pairing matters
+            sel = {"dev_loss": {"step": 40, "dev": 0.7, "test": base},
+                   "agreement": {"step": 60, "dev": 0.68, "test": base + gain}}  # fmt: skip
             rows.append(Row(f"t_{target}{seed}", "transfer", target, 64, 0.8, seed, 0.7, 0.75,
                             selection=sel))  # fmt: skip
             rows.append(Row(f"f_{target}{seed}", "finetune", target, 64, None, seed, 0.7, 0.8))
+    rows = rows[::-1]  # the order of the store's rows does not pair them
     tabs = {t: (h, b) for t, h, b in tables(StudyData("s", "recipe", ["finetune"], {}, rows, {}))}
     header, body = tabs["checkpoint selection within runs (one trajectory, each rule's kept state)"]
-    by = {(r[0], r[2]): dict(zip(header, r, strict=True)) for r in body}
+    by = {(r[0].split(",")[0], r[2]): dict(zip(header, r, strict=True)) for r in body}
     assert {r[1] for r in body} == {"transfer"}
     pooled = by[("pooled", "agreement")]
     lo, hi = stats.t.interval(0.95, 5, loc=np.mean(diffs), scale=stats.sem(diffs))
@@ -436,6 +438,8 @@ def test_selection_table_pairs_each_rule_with_dev_loss_within_runs():
     assert pooled["test vs dev_loss: t 95%"] == want
     assert pooled["dev vs dev_loss: t 95%"] == "-2.0 (n=6)"  # no spread: no interval
     assert by[("a", "agreement")]["steps kept"] == "60,60,60"
+    assert {r[0] for r in body} == {"a, budget 64, sparsity 0.8", "b, budget 64, sparsity 0.8",
+                                    "pooled"}  # fmt: skip
     assert by[("a", "dev_loss")]["test vs dev_loss: t 95%"] == "-"
 
 

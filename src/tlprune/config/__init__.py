@@ -204,7 +204,7 @@ class DistillConfig:
         if self.select == "agreement" and not self.agreement_texts:
             raise ConfigError(
                 "distill.select=agreement needs held-out texts: set distill.agreement_texts "
-                "(e.g. 512)"
+                "(e.g. 512; the fisher presets with --unlabelled only)"
             )
 
 

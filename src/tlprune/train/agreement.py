@@ -10,12 +10,23 @@ import torch
 import torch.nn.functional as F
 
 
-def split_holdout(n: int, holdout: int, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (kept for distillation, held out for selection) of n texts, a seeded draw."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = sorted(order[:holdout])
+def take_holdout(sources: list[Any], n: int, seed: int) -> list[str]:
+    """Hold n distinct texts out of the unlabelled sources (a seeded draw over their distinct
+    texts) and return them; every copy of a held text leaves every source, so that neither the
+    distillation nor the Fisher scores and mask tuning ever read it."""
+    distinct = list(dict.fromkeys(t for u in sources for t in u.texts))
+    order = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = [distinct[i] for i in sorted(order[:n])]
     held_set = set(held)
-    return [i for i in range(n) if i not in held_set], held
+    for u in sources:
+        before = len(u.texts)
+        u.texts = [t for t in u.texts if t not in held_set]
+        if len(u.texts) < before:
+            u.notes.append(
+                f"{before - len(u.texts)} texts held out for checkpoint selection "
+                "(distill.agreement_texts)"
+            )
+    return held
 
 
 class AgreementProbe:
@@ -58,8 +69,8 @@ class Heldout:
 
 def selection_score(rule: str, dev: dict, probe: dict | None) -> float:
     """Lower is better. dev_loss: the dev loss. agreement: the dev loss plus the held-out KL
-    to the teacher, both in nats per example: the teacher's soft labels on the held-out texts
-    act as a second, larger dev set (cross-entropy to them = KL + a constant)."""
+    to the teacher, two means in nats per example with equal weight (the KL is the
+    cross-entropy to the teacher's soft labels less a constant); a NaN never wins."""
     if rule == "dev_loss":
         return float(dev["loss"])
     if probe is None:

@@ -74,6 +74,11 @@ def run_finetune(cfg: RunConfig) -> RunResult:
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
+    if cfg.distill.agreement_texts:
+        raise TlpruneError(
+            "distill.agreement_texts selects the fisher presets' final fine-tune on held-out "
+            "unlabelled texts: leave it out here (a dense fine-tune selects on dev loss)"
+        )
     out = check_out_dir(cfg)
     resolve_model(cfg.model.name)  # fail on a bad name before any data work
     task = load_task(cfg.data)

@@ -26,7 +26,7 @@ from tlprune.data.sources import load_task
 from tlprune.data.split import draw_budget
 from tlprune.errors import TlpruneError
 from tlprune.models import load_classifier, load_tokenizer
-from tlprune.train.agreement import selection_report
+from tlprune.train.agreement import selection_report, take_holdout
 from tlprune.train.evaluate import evaluate, predict
 from tlprune.train.finetune import make_loaders
 from tlprune.train.loop import train_classifier
@@ -76,7 +76,7 @@ def _prepare(cfg: RunConfig, out: Path, resume: bool):
     if cfg.smoke:  # a few texts: the dense model's logits on all of them take a while
         for u in unlabelled:
             u.texts = u.texts[:SMOKE_EXAMPLES]
-    _check_holdout(cfg, sum(len(u.texts) for u in unlabelled))
+    _check_holdout(cfg, len({t for u in unlabelled for t in u.texts}))
     if cfg.train.mixed_precision != cfg.prune.final.mixed_precision:
         raise TlpruneError(
             "train.mixed_precision and prune.final.mixed_precision differ: one run uses one "
@@ -93,6 +93,8 @@ def _prepare(cfg: RunConfig, out: Path, resume: bool):
     log_path.touch()
     run = _Run(cfg, task, budget, tokenizer, accelerator, log_path)
     run.aux_data = aux_data
+    if cfg.distill.agreement_texts:  # out of everything else the run reads
+        run.held_texts = take_holdout(unlabelled, cfg.distill.agreement_texts, cfg.seed + 7_907)
     return run, work, unlabelled
 
 
@@ -178,6 +180,7 @@ class _Run:
         self.tokenizer, self.accelerator, self.log_path = tokenizer, accelerator, log_path
         self.collate = ClassificationCollator(tokenizer, task.max_length)
         self.aux_data: list = []
+        self.held_texts: list[str] = []  # unlabelled texts held out for checkpoint selection
         self._logits: list | None = None  # the teacher's logits on the unlabelled sources
         self.stage_cached = False  # the STILTs teacher's auxiliary stage came from the cache
 
@@ -276,9 +279,9 @@ class _Run:
 
     def unlabelled_distill(self, teacher, unlabelled):
         """The final fine-tune's distillation on unlabelled texts and its held-out selection
-        texts (distill.agreement_texts, never distilled on): (distill or None, heldout or
-        None); no batch is drawn when there is no distillation."""
-        from tlprune.train.agreement import AgreementProbe, Heldout, split_holdout
+        texts (distill.agreement_texts, taken out of the sources by _prepare): (distill or
+        None, heldout or None); no batch is drawn when there is no distillation."""
+        from tlprune.train.agreement import AgreementProbe, Heldout
         from tlprune.train.unlabelled_distill import UnlabelledDistill
 
         dc = self.cfg.distill
@@ -287,13 +290,13 @@ class _Run:
             return None, None
         logits = torch.cat(self._teacher_logits(teacher, unlabelled))
         heldout = None
-        if dc.agreement_texts:
-            keep, held = split_holdout(len(texts), dc.agreement_texts, self.cfg.seed + 7_907)
+        if self.held_texts:
+            with torch.no_grad():
+                held_logits = self._logits_of(teacher.eval(), self.held_texts)
             probe = AgreementProbe(
-                [texts[i] for i in held], logits[held], self.collate, self.cfg.train.eval_batch_size
+                self.held_texts, held_logits, self.collate, self.cfg.train.eval_batch_size
             )
             heldout = Heldout(probe, dc.select)
-            texts, logits = [texts[i] for i in keep], logits[keep]
         distill = UnlabelledDistill(
             logits,
             texts,

@@ -39,7 +39,7 @@ class LoopResult:
     best_step: int
     steps: int
     seconds: float
-    # every selection rule's best (step, dev, held-out probe, state), the restored one included
+    # with held-out selection: every rule's best (step, dev, probe, state), the kept one too
     candidates: dict[str, Candidate] = field(default_factory=dict)
 
 
@@ -137,7 +137,7 @@ class DevSelection:
         state = None
         for c in self.candidates.values():
             score = selection_score(c.rule, dev, probe)
-            if c.dev is not None and score >= c.score:
+            if c.dev is not None and not score < c.score:  # as before: a NaN never wins
                 continue
             if state is None:  # one copy serves every rule that improved at this step
                 model_state = self.accelerator.unwrap_model(self.model).state_dict()
@@ -222,5 +222,5 @@ def train_classifier(
         best_step=select.chosen.step,
         steps=progress.step,
         seconds=time.perf_counter() - start,
-        candidates=select.candidates,
+        candidates=select.candidates if heldout else {},  # states outlive the loop only here
     )

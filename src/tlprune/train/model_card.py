@@ -75,6 +75,14 @@ def _teacher_rows(report: dict) -> list[str]:
     if report.get("distill_unlabelled"):
         weight = report["distill_unlabelled"]
         rows.append(f"| distillation on unlabelled texts | logit KL, weight {weight} |")
+    if sel := report.get("selection"):
+        kept = sel["rules"][sel["kept"]]
+        held = next((c["heldout"]["n"] for c in sel["rules"].values() if c.get("heldout")), 0)
+        rule = "dev loss" if sel["kept"] == "dev_loss" else "dev loss + held-out KL to the teacher"
+        rows.append(
+            f"| checkpoint selection | {rule}, step {kept['step']} ({held:,} unlabelled texts "
+            "held out of the distillation) |"
+        )
     return rows
 
 
