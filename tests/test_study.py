@@ -455,3 +455,13 @@ def test_cell_result_keeps_each_selection_rule(tmp_path):
     got = cell_result(tmp_path)["selection"]
     assert got == {"dev_loss": {"step": 8, "dev": 0.7, "test": 0.75},
                    "agreement": {"step": 12, "dev": 0.68, "test": 0.78}}  # fmt: skip
+
+
+def test_a_trial_finished_by_another_worker_is_not_reported_as_an_error():
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    from tlprune.study.runner import handed_out_twice
+
+    assert handed_out_twice(UpdateFinishedTrialError("Trial#46 has already finished"))
+    assert handed_out_twice(RuntimeError("Cannot tell a COMPLETE trial."))
+    assert not handed_out_twice(RuntimeError("disk full"))

@@ -211,6 +211,14 @@ def _cell_lock(out: Path, name: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def handed_out_twice(exc: Exception) -> bool:
+    """Whether Optuna refused to record a trial because another worker already finished it
+    (SQLite can hand one waiting trial to two workers; the message differs by code path)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    return isinstance(exc, UpdateFinishedTrialError) or "Cannot tell a COMPLETE trial" in str(exc)
+
+
 def _worker(study, runner: _Runner, names: set[str], heartbeat: int) -> None:
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
@@ -222,8 +230,8 @@ def _worker(study, runner: _Runner, names: set[str], heartbeat: int) -> None:
             try:
                 study.optimize(runner, n_trials=1, catch=(CellFailed,))
             except Exception as exc:  # e.g. the store said another worker finished it
-                if "Cannot tell a COMPLETE trial" in str(exc):
-                    continue  # a trial handed out twice; the other worker finished its cell
+                if handed_out_twice(exc):
+                    continue  # the other worker finished its cell; the lock kept it single
                 print(f"study worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         elif any(t.state == TrialState.RUNNING for t in trials):
             time.sleep(heartbeat)  # another worker's cell, or a dead one going stale
