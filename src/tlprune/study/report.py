@@ -210,6 +210,7 @@ def selection_table(rows: list[Row], methods: list[str], settings: list[Setting]
     header = ["setting", "method", "rule", "seeds", "steps kept", "dev %", "test % mean ± std",
               "dev vs dev_loss: t 95%", "test vs dev_loss: t 95%"]  # fmt: skip
     body = []
+
     def label(s: Setting) -> str:  # as the per-setting tables' titles say it
         return ", ".join(str(x) for x in (s[0], f"budget {s[1]}", s[2] and f"sparsity {s[2]}",
                                            s[3]) if x)  # fmt: skip

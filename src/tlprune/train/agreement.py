@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tlprune.train.unlabelled_distill import text_batch
+
 
 def take_holdout(sources: list[Any], n: int, seed: int) -> list[str]:
     """Hold n distinct texts out of the unlabelled sources (a seeded draw over their distinct
@@ -46,11 +48,9 @@ class AgreementProbe:
         device = next(model.parameters()).device
         kl_sum, agree = 0.0, 0
         for i in range(0, len(self.texts), self.batch_size):
-            rows = [{"text": t, "label": 0} for t in self.texts[i : i + self.batch_size]]
-            batch = self.collate(rows)
-            batch.pop("labels")
+            batch = text_batch(self.collate, self.texts[i : i + self.batch_size])
             student = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-            teacher = self.logits[i : i + len(rows)]
+            teacher = self.logits[i : i + len(student)]
             log_p, log_q = F.log_softmax(teacher, -1), F.log_softmax(student, -1)
             kl_sum += float((log_p.exp() * (log_p - log_q)).sum())
             agree += int((teacher.argmax(-1) == student.argmax(-1)).sum())
@@ -70,7 +70,7 @@ class Heldout:
 def selection_score(rule: str, dev: dict, probe: dict | None) -> float:
     """Lower is better. dev_loss: the dev loss. agreement: the dev loss plus the held-out KL
     to the teacher, two means in nats per example with equal weight (the KL is the
-    cross-entropy to the teacher's soft labels less a constant); a NaN never wins."""
+    cross-entropy to the teacher's soft labels less a constant)."""
     if rule == "dev_loss":
         return float(dev["loss"])
     if probe is None:

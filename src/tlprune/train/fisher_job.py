@@ -43,6 +43,7 @@ from tlprune.train.prune_job import (
     start_workdir,
 )
 from tlprune.train.result import RunResult
+from tlprune.train.unlabelled_distill import text_batch
 
 SMOKE_EXAMPLES = 32
 
@@ -340,8 +341,7 @@ class _Run:
     def _logits_of(self, model, texts: list[str]) -> torch.Tensor:
         out, size = [torch.zeros(0, self.task.num_labels)], self.cfg.train.eval_batch_size
         for i in range(0, len(texts), size):
-            batch = self.collate([{"text": t, "label": 0} for t in texts[i : i + size]])
-            batch.pop("labels")
+            batch = text_batch(self.collate, texts[i : i + size])
             out.append(model(**batch).logits.float().cpu())
         return torch.cat(out)
 

@@ -11,6 +11,13 @@ import torch
 from tlprune.train.distill import logit_kl
 
 
+def text_batch(collate: Any, texts: list[str]) -> dict:
+    """A model input batch of texts without labels (the collator wants one; it is dropped)."""
+    batch = collate([{"text": t, "label": 0} for t in texts])
+    batch.pop("labels")
+    return batch
+
+
 class UnlabelledDistill:
     """`weight * KL_T(teacher || student)` on a fresh batch of unlabelled texts per call, in a
     seeded order of its own (the labelled loader's random stream is not touched)."""
@@ -33,9 +40,7 @@ class UnlabelledDistill:
         self._order: list[int] = []
 
     def _batch(self, idx) -> dict:
-        batch = self.collate([{"text": self.texts[i], "label": 0} for i in idx])
-        batch.pop("labels")
-        return batch
+        return text_batch(self.collate, [self.texts[i] for i in idx])
 
     def _next(self) -> list[int]:
         if len(self._order) < self.batch_size:  # a new epoch over the texts
