@@ -404,7 +404,8 @@ def test_fisher_stilts_trains_the_teacher_on_the_auxiliary_and_distils(
 
 def test_stilts_teacher_reuses_a_cached_auxiliary_stage(tmp_path, tiny_bert_dir, data):
     """A second run with the same model, auxiliary and seed (another sparsity) starts from the
-    first run's auxiliary stage: same teacher, no auxiliary steps; another seed trains anew."""
+    first run's auxiliary stage: same teacher, no auxiliary steps; another seed trains anew,
+    unless transfer.stage_seed names the first run's seed (then only the budget's part differs)."""
     from tests.test_transfer import aux_csv
 
     aux = aux_csv(tmp_path / "aux.csv")
@@ -427,6 +428,8 @@ def test_stilts_teacher_reuses_a_cached_auxiliary_stage(tmp_path, tiny_bert_dir,
     assert second["teacher"]["dev"] == first["teacher"]["dev"]
     assert second["teacher"]["test"] == first["teacher"]["test"]
     assert third_aux and not third["teacher"]["aux_stage_from_cache"]
+    fourth, fourth_aux = run("d", "--sparsity", "0.5", "--seed", "1", "transfer.stage_seed=0")
+    assert not fourth_aux and fourth["teacher"]["aux_stage_from_cache"]
 
 
 def test_unlabelled_weight_zero_draws_nothing_and_equals_plain_fine_tune(

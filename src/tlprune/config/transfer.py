@@ -163,6 +163,9 @@ class TransferConfig:
     # fisher presets: reuse a finished dense auxiliary stage of the same model, auxiliary rows,
     # schedule and seed from the cache (transfer.stage_cache), and keep new ones there
     cache_stage: bool = True
+    # the auxiliary stage's seed (its batches, dropout, new head); None: the run's seed. Set
+    # it apart from `seed` to measure how much the stage alone moves the result
+    stage_seed: int | None = None
     aux_warm: float = 0.3  # pruned A: this fraction of aux_stage trains densely before gates
     # transfer during the dense warm fine-tune of T as well (shared, soft): schedules over the
     # warm phase's steps; 0 (the default) = T alone there, as in CoFi
@@ -210,6 +213,10 @@ class TransferConfig:
             self.warm_alpha.kind == "constant" or self.warm_alpha.end == 0
         )
         return self.coupling in ("shared", "soft") and not zero
+
+    def seed_of_stage(self, run_seed: int) -> int:
+        """The seed the auxiliary stage draws from: stage_seed, else the run's."""
+        return run_seed if self.stage_seed is None else self.stage_seed
 
     def check_common(self, prune: Any) -> None:
         """Before a run, with the prune settings at hand: the checks every coupling shares.

@@ -128,7 +128,7 @@ def run_aux_stage(
     progress = Progress()
     # the stage's own seed (its dropout draws): without it they followed whatever the process
     # drew before, and two runs of one command differed; a resume restores the saved state
-    set_seed(cfg.seed + 1)
+    set_seed(cfg.transfer.seed_of_stage(cfg.seed) + 1)
     latest = ckpt.latest() if resume else None
     if latest is not None:  # the batch streams' positions are buffers of the branch
         progress = ckpt.load(latest, modules, optimizers)

@@ -246,9 +246,8 @@ class _Run:
             base = from_hf(load_classifier(cfg.model.name, task.label_names))
             sizes = unit_sizes(base.config)
             tc = cfg.transfer
-            branch = build_branch(
-                base, None, self.aux_data, self.tokenizer, tc, None, sizes, cfg.seed
-            )
+            seed = tc.seed_of_stage(cfg.seed)
+            branch = build_branch(base, None, self.aux_data, self.tokenizer, tc, None, sizes, seed)
             key = stage_key(cfg, task.label_names, self.aux_data) if tc.cache_stage else None
             if key and self.accelerator.is_main_process and restore(key, work / "aux_stage"):
                 self.stage_cached = True

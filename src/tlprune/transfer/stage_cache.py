@@ -3,12 +3,16 @@
 The stage depends on the model, the auxiliary rows, its schedule and the seed, not on the
 target's budget or the sparsity, so every run of a grid over targets, sparsities and recipes
 that shares those can start from one stage. Entries live under the cache root, keyed by a hash
-of everything the stage reads; they are written atomically and never change once written.
+of everything the stage reads, including the source of the code that trains it and the torch
+and transformers versions, so that an upgrade or an edit never serves a stage the current code
+would not train; they are written atomically and never change once written.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -17,7 +21,76 @@ from typing import Any
 
 from tlprune.paths import atomic_dir, cache_dir
 
-VERSION = 2  # bump when the stage's training changes what the same inputs produce
+VERSION = 3  # the key's layout; the stage's code is hashed itself (code_digest)
+# the modules that build and train a stage; everything of tlprune they import is hashed too
+STAGE_CODE = (
+    "tlprune.train.aux_stage",
+    "tlprune.transfer.branch",
+    "tlprune.arch",
+    "tlprune.models",
+)
+
+
+_ROOT = Path(__file__).resolve().parents[1]  # the tlprune package folder
+
+
+def _origin(module: str) -> Path | None:
+    """The source file of a tlprune module, found without importing it."""
+    base = _ROOT.joinpath(*module.split(".")[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    """The tlprune modules a module's source imports anywhere (lazy imports included)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(p for p in [*parts, base] if p)
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import submodule`
+    return {m for m in found if m.split(".")[0] == "tlprune"}
+
+
+def stage_modules(roots: tuple[str, ...]) -> dict[str, Path]:
+    """`roots` and every tlprune module they import, transitively, with their source files."""
+    seen: dict[str, Path] = {}
+    todo = list(roots)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        path = _origin(module)
+        if path is None:  # a name imported from a module, not a module
+            continue
+        seen[module] = path
+        todo += sorted(_imports(module, path) - seen.keys())
+    return seen
+
+
+@functools.cache
+def code_digest(roots: tuple[str, ...] = STAGE_CODE) -> str:
+    """A hash of the source of the stage's modules (stage_modules): what decides how a stage
+    is trained. Any edit there, comments included, retrains stages: safe before cheap."""
+    h = hashlib.sha256()
+    for module, path in sorted(stage_modules(roots).items()):
+        h.update(module.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _libraries() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def _model_identity(name: str) -> dict:
@@ -46,9 +119,11 @@ def stage_key(cfg: Any, label_names: list[str], aux_data: list) -> str:
     tc = cfg.transfer
     parts = {
         "version": VERSION,
+        "code": code_digest(),
+        "libraries": _libraries(),
         "model": _model_identity(cfg.model.name),
         "labels": list(label_names),
-        "seed": cfg.seed,
+        "seed": tc.seed_of_stage(cfg.seed),
         "smoke": cfg.smoke,
         "precision": cfg.prune.final.mixed_precision,
         "aux_stage": dataclasses.asdict(tc.aux_stage),

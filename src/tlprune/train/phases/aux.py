@@ -19,7 +19,15 @@ def aux_phase(run: PruneRun) -> None:
     base = from_hf(load_classifier(cfg.model.name, run.task.label_names))
     sizes = unit_sizes(base.config)
     branch = build_branch(
-        base, None, run.aux_data, run.tokenizer, tc, run.gate_config(), sizes, cfg.seed, run.shard
+        base,
+        None,
+        run.aux_data,
+        run.tokenizer,
+        tc,
+        run.gate_config(),
+        sizes,
+        tc.seed_of_stage(cfg.seed),
+        run.shard,
     )
     run.stage = run_aux_stage(
         branch, cfg, run.accelerator, run.work, run.log_path, run.resume, run.on_aux_step
