@@ -45,6 +45,7 @@ def test_int_accepted_for_float_and_null_for_optional():
         ("data.budget=0", "data.budget"),
         ("train.freeze=[pooler]", "train.freeze"),
         ("seed", "key=value"),
+        ("transfer.stage_seed=-1", "transfer.stage_seed must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragment):

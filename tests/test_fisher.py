@@ -404,8 +404,9 @@ def test_fisher_stilts_trains_the_teacher_on_the_auxiliary_and_distils(
 
 def test_stilts_teacher_reuses_a_cached_auxiliary_stage(tmp_path, tiny_bert_dir, data):
     """A second run with the same model, auxiliary and seed (another sparsity) starts from the
-    first run's auxiliary stage: same teacher, no auxiliary steps; another seed trains anew,
-    unless transfer.stage_seed names the first run's seed (then only the budget's part differs)."""
+    first run's auxiliary stage: same teacher, no auxiliary steps; another seed trains anew.
+    transfer.stage_seed gives the stage a seed of its own: trained afresh under another run
+    seed, the stage takes exactly the steps it took under its own seed."""
     from tests.test_transfer import aux_csv
 
     aux = aux_csv(tmp_path / "aux.csv")
@@ -418,7 +419,7 @@ def test_stilts_teacher_reuses_a_cached_auxiliary_stage(tmp_path, tiny_bert_dir,
         assert code == 0
         report = json.loads((out / "prune_report.json").read_text())
         rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-        return report, any(r.get("phase") == "aux" for r in rows)
+        return report, [r for r in rows if r.get("phase") == "aux"]
 
     first, first_aux = run("a", "--sparsity", "0.5")
     second, second_aux = run("b", "--sparsity", "0.7")
@@ -428,8 +429,14 @@ def test_stilts_teacher_reuses_a_cached_auxiliary_stage(tmp_path, tiny_bert_dir,
     assert second["teacher"]["dev"] == first["teacher"]["dev"]
     assert second["teacher"]["test"] == first["teacher"]["test"]
     assert third_aux and not third["teacher"]["aux_stage_from_cache"]
-    fourth, fourth_aux = run("d", "--sparsity", "0.5", "--seed", "1", "transfer.stage_seed=0")
-    assert not fourth_aux and fourth["teacher"]["aux_stage_from_cache"]
+    _, own = run("d", "--seed", "1", "transfer.stage_seed=0", "transfer.cache_stage=false")
+    # a row per stage step: its step and each auxiliary's loss (keyed aux/<source>)
+    losses = [
+        {k: v for k, v in r.items() if k.startswith("aux/") or k == "step"} for r in first_aux
+    ]
+    assert losses and all(len(x) > 1 for x in losses)
+    assert [{k: r[k] for k in x} for r, x in zip(own, losses, strict=True)] == losses
+    assert [{k: r[k] for k in x} for r, x in zip(third_aux, losses, strict=True)] != losses
 
 
 def test_unlabelled_weight_zero_draws_nothing_and_equals_plain_fine_tune(

@@ -1,5 +1,5 @@
 """The auxiliary-stage cache key: it follows the code that trains a stage, not a hand-kept
-version number, and the stage's own seed."""
+version number, and the stage's own seed; a stage is filed only under the key it began with."""
 
 from __future__ import annotations
 
@@ -7,50 +7,76 @@ from types import SimpleNamespace
 
 import pytest
 
+from tlprune.config.train import TrainConfig
 from tlprune.config.transfer import TransferConfig
 from tlprune.transfer import stage_cache
+
+FAKE = {
+    "__init__.py": "import typing\nif typing.TYPE_CHECKING:\n    from tlprune import t\n",
+    "a.py": "def f():\n    from .sub import b\n    return b.g()\n",
+    "sub/__init__.py": "",
+    "sub/b.py": "from .. import c\nfrom ..sub.deep import d\n",
+    "sub/deep/__init__.py": "",
+    "sub/deep/d.py": "import tlprune.sub.deep as here\n",
+    "c.py": "x = 1\n",
+    "t.py": "x = 1\n",  # imported for type checking only
+    "alone.py": "x = 1\n",  # imported by nobody
+}
 
 
 @pytest.fixture
 def fake_package(tmp_path, monkeypatch):
-    """A tlprune package of three modules: `a` imports `b` inside a function, `c` stands apart."""
+    """A tlprune package: `a` imports sub.b lazily, b imports c and sub.deep.d relatively."""
     root = tmp_path / "tlprune"
-    (root / "sub").mkdir(parents=True)
-    (root / "__init__.py").write_text("")
-    (root / "sub" / "__init__.py").write_text("")
-    (root / "a.py").write_text("def f():\n    from .sub import b\n    return b.g()\n")
-    (root / "sub" / "b.py").write_text("def g():\n    return 1\n")
-    (root / "c.py").write_text("x = 1\n")
+    for name, text in FAKE.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
     monkeypatch.setattr(stage_cache, "_ROOT", root)
     stage_cache.code_digest.cache_clear()
     yield root
     stage_cache.code_digest.cache_clear()
 
 
-def test_code_digest_follows_lazy_and_relative_imports(fake_package):
+def test_stage_modules_follow_lazy_relative_and_parent_imports(fake_package):
+    found = set(stage_cache.stage_modules(("tlprune.a",)))
+    assert found == {
+        "tlprune",
+        "tlprune.a",
+        "tlprune.sub",
+        "tlprune.sub.b",
+        "tlprune.c",
+        "tlprune.sub.deep",
+        "tlprune.sub.deep.d",
+    }
+
+
+def test_code_digest_changes_with_the_stage_code_only(fake_package):
     before = stage_cache.code_digest(("tlprune.a",))
-    (fake_package / "c.py").write_text("x = 2\n")  # not imported by the stage's code
-    stage_cache.code_digest.cache_clear()
-    assert stage_cache.code_digest(("tlprune.a",)) == before
-    (fake_package / "sub" / "b.py").write_text("def g():\n    return 2\n")
+    for name in ("alone.py", "t.py"):
+        (fake_package / name).write_text("x = 2\n")
+        stage_cache.code_digest.cache_clear()
+        assert stage_cache.code_digest(("tlprune.a",)) == before, name
+    (fake_package / "sub" / "deep" / "d.py").write_text("y = 2\n")
     stage_cache.code_digest.cache_clear()
     assert stage_cache.code_digest(("tlprune.a",)) != before
+
+
+def test_a_missing_root_is_an_error(fake_package):
+    with pytest.raises(RuntimeError, match=r"tlprune\.gone"):
+        stage_cache.stage_modules(("tlprune.a", "tlprune.gone"))
 
 
 def test_stage_modules_cover_the_stage_code():
     """The real closure holds the modules that run a stage (the loop, the branch, the model)."""
     found = stage_cache.stage_modules(stage_cache.STAGE_CODE)
-    stage = ("train.aux_stage", "train.engine", "transfer.branch", "transfer.aux", "arch.bert")
+    stage = ("train.dense_stage", "train.aux_stage", "train.engine", "transfer.branch", "arch.bert")
     for module in stage:
         assert f"tlprune.{module}" in found, module
 
 
 def _cfg(seed=0, **transfer):
-    from tlprune.config.train import TrainConfig
-
-    tc = TransferConfig(**transfer)
     return SimpleNamespace(
-        transfer=tc,
+        transfer=TransferConfig(**transfer),
         seed=seed,
         smoke=False,
         model=SimpleNamespace(name="some/hub-id"),
@@ -58,12 +84,29 @@ def _cfg(seed=0, **transfer):
     )
 
 
-def test_key_follows_code_libraries_and_the_stage_seed(monkeypatch):
-    key = stage_cache.stage_key(_cfg(), ["neg", "pos"], [])
-    assert stage_cache.stage_key(_cfg(seed=3, stage_seed=0), ["neg", "pos"], []) == key
-    assert stage_cache.stage_key(_cfg(stage_seed=1), ["neg", "pos"], []) != key
+def _key(cfg, device="cpu"):
+    return stage_cache.stage_key(cfg, ["neg", "pos"], [], device)
+
+
+def test_key_follows_code_libraries_device_and_the_stage_seed(monkeypatch):
+    key = _key(_cfg())
+    assert _key(_cfg(seed=3, stage_seed=0)) == key
+    assert _key(_cfg(stage_seed=1)) != key
+    assert _key(_cfg(), device="cuda") != key
     monkeypatch.setattr(stage_cache, "code_digest", lambda: "edited")
-    assert stage_cache.stage_key(_cfg(), ["neg", "pos"], []) != key
+    assert _key(_cfg()) != key
     monkeypatch.undo()
     monkeypatch.setattr(stage_cache, "_libraries", lambda: {"torch": "0.0"})
-    assert stage_cache.stage_key(_cfg(), ["neg", "pos"], []) != key
+    assert _key(_cfg()) != key
+
+
+def test_the_key_a_stage_began_under_survives_a_resume(tmp_path):
+    """dense_stage files a finished stage only under the key it began with: recorded at the
+    start, kept across resumes; a stage that began before keys were recorded has none."""
+    work = tmp_path / "run.partial"
+    assert stage_cache.began_under(work, "old") == "old"
+    assert stage_cache.began_under(work, "new") == "old"  # resumed after an edit
+    other = tmp_path / "older.partial"
+    (other / "aux_checkpoints").mkdir(parents=True)
+    assert stage_cache.began_under(other, "new") is None
+    assert not (other / "aux_stage.key").exists()

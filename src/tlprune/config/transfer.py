@@ -187,6 +187,8 @@ class TransferConfig:
             raise ConfigError(f"unknown transfer.adapt {self.adapt!r}; choose from {list(ADAPT)}")
         parse_weight_groups(self.weights, num_layers=None)
         check_mask_kinds(self.masks)
+        if self.stage_seed is not None and self.stage_seed < 0:
+            raise ConfigError(f"transfer.stage_seed must be >= 0, got {self.stage_seed}")
         if not 0.0 <= self.aux_warm < 1.0:
             raise ConfigError(f"aux_warm is a fraction in [0, 1), got {self.aux_warm}")
         if self.aux_sparsity is not None and not 0.0 < self.aux_sparsity < 1.0:

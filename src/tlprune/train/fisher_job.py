@@ -234,27 +234,17 @@ class _Run:
     def _train_teacher(self, work: Path, resume: bool):
         from accelerate.utils import set_seed
 
-        from tlprune.arch import from_hf, unit_sizes
-        from tlprune.train.aux_stage import run_aux_stage
-        from tlprune.transfer.branch import build_branch
+        from tlprune.arch import from_hf
+        from tlprune.train.dense_stage import dense_stage
         from tlprune.transfer.groups import copy_weights
-        from tlprune.transfer.stage_cache import restore, stage_key, store
 
         cfg, task = self.cfg, self.task
         encoder = None
         if self.aux_data:  # STILTs: the auxiliary first, dense
-            base = from_hf(load_classifier(cfg.model.name, task.label_names))
-            sizes = unit_sizes(base.config)
-            tc = cfg.transfer
-            seed = tc.seed_of_stage(cfg.seed)
-            branch = build_branch(base, None, self.aux_data, self.tokenizer, tc, None, sizes, seed)
-            key = stage_key(cfg, task.label_names, self.aux_data) if tc.cache_stage else None
-            if key and self.accelerator.is_main_process and restore(key, work / "aux_stage"):
-                self.stage_cached = True
-            stage = run_aux_stage(branch, cfg, self.accelerator, work, self.log_path, resume)
-            if key and self.accelerator.is_main_process:
-                store(key, work / "aux_stage")
-            encoder = stage.encoder
+            encoder, self.stage_cached = dense_stage(
+                cfg, task.label_names, self.aux_data, self.tokenizer, self.accelerator, work,
+                self.log_path, resume,
+            )  # fmt: skip
         set_seed(cfg.seed)
         dense = load_classifier(cfg.model.name, task.label_names)
         if encoder is not None:
@@ -492,7 +482,7 @@ def _check_transfer(cfg: RunConfig, task, budget, tokenizer) -> list:
         raise TlpruneError(
             f"the tokenizer of {cfg.model.name} has no mask token: MLM auxiliaries need one"
         )
-    aux = [load_aux(a, task, budget, cfg.seed) for a in tc.aux]
+    aux = [load_aux(a, task, budget, tc.seed_of_stage(cfg.seed)) for a in tc.aux]
     for d, name in zip(aux, unique_names([d.name for d in aux]), strict=True):
         d.name = name
     return aux

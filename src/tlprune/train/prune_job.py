@@ -180,7 +180,8 @@ def _prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PruneRun:
     budget = draw_budget(
         task.train["label"], cfg.data.budget, cfg.seed, cfg.data.dev_fraction, task.num_labels
     )
-    aux_data = [load_aux(a, task, budget, cfg.seed) for a in cfg.transfer.aux]
+    aux_seed = cfg.transfer.seed_of_stage(cfg.seed)  # the cap on its rows draws from it
+    aux_data = [load_aux(a, task, budget, aux_seed) for a in cfg.transfer.aux]
     for d, name in zip(aux_data, unique_names([d.name for d in aux_data]), strict=True):
         d.name = name  # the report's names are the logs' names
     tokenizer = load_tokenizer(cfg.model.name)

@@ -19,18 +19,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tlprune.paths import atomic_dir, cache_dir
+from tlprune.paths import atomic_dir, atomic_write_text, cache_dir
 
 VERSION = 3  # the key's layout; the stage's code is hashed itself (code_digest)
 # the modules that build and train a stage; everything of tlprune they import is hashed too
 STAGE_CODE = (
+    "tlprune.train.dense_stage",
     "tlprune.train.aux_stage",
     "tlprune.transfer.branch",
     "tlprune.arch",
     "tlprune.models",
 )
-
-
 _ROOT = Path(__file__).resolve().parents[1]  # the tlprune package folder
 
 
@@ -43,11 +42,22 @@ def _origin(module: str) -> Path | None:
     return None
 
 
+def _nodes(node: ast.AST):
+    """Every node under `node`, except what only a type checker imports."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            yield from (n for c in child.orelse for n in (c, *_nodes(c)))
+            continue
+        yield child
+        yield from _nodes(child)
+
+
 def _imports(module: str, path: Path) -> set[str]:
-    """The tlprune modules a module's source imports anywhere (lazy imports included)."""
+    """The tlprune modules a module's source imports anywhere (lazy imports included), and the
+    packages on the way (importing a.b.c runs a and a.b first)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -57,11 +67,17 @@ def _imports(module: str, path: Path) -> set[str]:
                 base = ".".join(p for p in [*parts, base] if p)
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import submodule`
-    return {m for m in found if m.split(".")[0] == "tlprune"}
+    parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
+    return {m for m in found | parents if m.split(".")[0] == "tlprune"}
 
 
 def stage_modules(roots: tuple[str, ...]) -> dict[str, Path]:
     """`roots` and every tlprune module they import, transitively, with their source files."""
+    missing = [r for r in roots if _origin(r) is None]
+    if missing:  # a renamed root would silently leave its code out of the key
+        raise RuntimeError(
+            f"stage cache: no source for {missing} (tlprune/transfer/stage_cache.py)"
+        )
     seen: dict[str, Path] = {}
     todo = list(roots)
     while todo:
@@ -87,10 +103,15 @@ def code_digest(roots: tuple[str, ...] = STAGE_CODE) -> str:
 
 
 def _libraries() -> dict[str, str]:
-    import torch
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
+    found = {}
+    for name in ("torch", "transformers", "accelerate", "tokenizers", "safetensors"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
 
 
 def _model_identity(name: str) -> dict:
@@ -114,10 +135,11 @@ def _rows_digest(rows: Any) -> str:
     return h.hexdigest()
 
 
-def stage_key(cfg: Any, label_names: list[str], aux_data: list) -> str:
-    """The hash of everything a dense auxiliary stage reads."""
+def stage_key(cfg: Any, label_names: list[str], aux_data: list, device: str) -> str:
+    """The hash of everything a dense auxiliary stage reads, on a device type (cpu, cuda)."""
     tc = cfg.transfer
     parts = {
+        "device": device,
         "version": VERSION,
         "code": code_digest(),
         "libraries": _libraries(),
@@ -140,6 +162,19 @@ def stage_key(cfg: Any, label_names: list[str], aux_data: list) -> str:
         ],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def began_under(work: Path, key: str) -> str | None:
+    """The key the run's stage began under: recorded when it begins, kept across resumes, so
+    that a stage resumed after an upgrade is not filed under the new code's key. None: the
+    stage began before keys were recorded (kept out of the cache)."""
+    path = work / "aux_stage.key"
+    if path.is_file():
+        return path.read_text().strip()
+    if (work / "aux_stage").exists() or (work / "aux_checkpoints").exists():
+        return None
+    atomic_write_text(path, key)
+    return key
 
 
 def entry(key: str) -> Path:

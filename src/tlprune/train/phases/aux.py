@@ -3,20 +3,20 @@ trains alone first; the target starts from its weights (and masks)."""
 
 from __future__ import annotations
 
-from tlprune.models import load_classifier
 from tlprune.train.phases.state import PruneRun
 
 
 def aux_phase(run: PruneRun) -> None:
-    from tlprune.arch import from_hf, unit_sizes
+    from tlprune.arch import unit_sizes
     from tlprune.train.aux_stage import run_aux_stage
+    from tlprune.train.dense_stage import stage_base
     from tlprune.transfer.branch import build_branch
     from tlprune.transfer.couplings import coupling_of
 
     cfg, tc = run.cfg, run.cfg.transfer
     if not coupling_of(tc).aux_stage:
         return
-    base = from_hf(load_classifier(cfg.model.name, run.task.label_names))
+    base = stage_base(cfg, run.task.label_names)
     sizes = unit_sizes(base.config)
     branch = build_branch(
         base,
