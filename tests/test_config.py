@@ -46,6 +46,7 @@ def test_int_accepted_for_float_and_null_for_optional():
         ("train.freeze=[pooler]", "train.freeze"),
         ("seed", "key=value"),
         ("transfer.stage_seed=-1", "transfer.stage_seed must be >= 0"),
+        ("transfer.stage_seed=3", "coupling none has none"),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragment):

@@ -13,6 +13,7 @@ from tlprune.transfer import stage_cache
 
 FAKE = {
     "__init__.py": "import typing\nif typing.TYPE_CHECKING:\n    from tlprune import t\n",
+    "e.py": "from typing import TYPE_CHECKING\nif not TYPE_CHECKING:\n    from tlprune import c\n",
     "a.py": "def f():\n    from .sub import b\n    return b.g()\n",
     "sub/__init__.py": "",
     "sub/b.py": "from .. import c\nfrom ..sub.deep import d\n",
@@ -50,6 +51,10 @@ def test_stage_modules_follow_lazy_relative_and_parent_imports(fake_package):
     }
 
 
+def test_only_a_plain_type_checking_block_is_skipped(fake_package):
+    assert set(stage_cache.stage_modules(("tlprune.e",))) == {"tlprune", "tlprune.e", "tlprune.c"}
+
+
 def test_code_digest_changes_with_the_stage_code_only(fake_package):
     before = stage_cache.code_digest(("tlprune.a",))
     for name in ("alone.py", "t.py"):
@@ -76,7 +81,7 @@ def test_stage_modules_cover_the_stage_code():
 
 def _cfg(seed=0, **transfer):
     return SimpleNamespace(
-        transfer=TransferConfig(**transfer),
+        transfer=TransferConfig(coupling="sequential", **transfer),
         seed=seed,
         smoke=False,
         model=SimpleNamespace(name="some/hub-id"),
@@ -105,8 +110,59 @@ def test_the_key_a_stage_began_under_survives_a_resume(tmp_path):
     start, kept across resumes; a stage that began before keys were recorded has none."""
     work = tmp_path / "run.partial"
     assert stage_cache.began_under(work, "old") == "old"
+    (work / "aux_checkpoints").mkdir()
     assert stage_cache.began_under(work, "new") == "old"  # resumed after an edit
+    (work / "aux_checkpoints").rmdir()
+    (work / "aux_stage.key").write_text("old")  # killed before the stage trained anything:
+    assert stage_cache.began_under(work, "new") == "new"  # the new code trains all of it
     other = tmp_path / "older.partial"
     (other / "aux_checkpoints").mkdir(parents=True)
     assert stage_cache.began_under(other, "new") is None
     assert not (other / "aux_stage.key").exists()
+
+
+def test_an_alias_is_identified_by_its_files(tmp_path, monkeypatch):
+    """A bundled alias is its package's model folder: an upgrade of the package's weights (or
+    vocabulary) changes the key."""
+    import tlprune.models as models
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("a\n")
+    monkeypatch.setitem(models.ALIASES, "tiny-alias", ("some_package", "model"))
+    monkeypatch.setattr(models, "resolve_model", lambda name: str(folder))
+    before = stage_cache._model_identity("tiny-alias")
+    assert [f[0] for f in before["files"]] == ["vocab.txt"]
+    (folder / "vocab.txt").write_text("a\nb\n")
+    assert stage_cache._model_identity("tiny-alias") != before
+
+
+def test_stage_base_draws_fresh_head_layers_from_the_stage_seed(tmp_path):
+    """RoBERTa's classifier dense layer is fresh in a checkpoint without a head; the auxiliary
+    head copies it, so it must not follow whatever the process drew before."""
+    import torch
+    from tests.conftest import tiny_config, tiny_tokenizer
+    from transformers import AutoModel
+
+    from tlprune.train.dense_stage import stage_base
+
+    path = tmp_path / "roberta-no-head"
+    AutoModel.from_config(tiny_config("roberta")).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    cfg = SimpleNamespace(
+        model=SimpleNamespace(name=str(path)),
+        seed=0,
+        transfer=TransferConfig(coupling="sequential"),
+    )
+
+    def dense(draw_first: int):
+        torch.manual_seed(draw_first)
+        before = torch.random.get_rng_state()
+        model = stage_base(cfg, ["neg", "pos"])
+        assert torch.equal(torch.random.get_rng_state(), before)  # the stream is left alone
+        return model.classifier.dense.weight.detach().clone()
+
+    own = dense(1)
+    assert torch.equal(own, dense(2))
+    cfg.transfer = TransferConfig(coupling="sequential", stage_seed=5)
+    assert torch.equal(dense(1), dense(3)) and not torch.equal(dense(1), own)

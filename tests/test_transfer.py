@@ -608,7 +608,6 @@ def test_mlm_on_target_texts_never_sees_dev_or_test(data):
             ],
             "not for warm schedules",
         ),
-        (["transfer.coupling=shared", "transfer.stage_seed=3"], "coupling shared has none"),
     ],
 )
 def test_settings_that_would_be_ignored_are_refused(overrides, fragment):

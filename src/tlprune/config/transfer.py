@@ -189,6 +189,13 @@ class TransferConfig:
         check_mask_kinds(self.masks)
         if self.stage_seed is not None and self.stage_seed < 0:
             raise ConfigError(f"transfer.stage_seed must be >= 0, got {self.stage_seed}")
+        # here, not in the couplings' checks: the fisher and finetune jobs skip those when
+        # there is no coupling (only sequential has a stage: couplings/*.py aux_stage)
+        if self.stage_seed is not None and self.coupling != "sequential":
+            raise ConfigError(
+                f"transfer.stage_seed seeds an auxiliary stage, and coupling {self.coupling} has "
+                "none: drop it, or use transfer.coupling=sequential (presets stilts, transfer)"
+            )
         if not 0.0 <= self.aux_warm < 1.0:
             raise ConfigError(f"aux_warm is a fraction in [0, 1), got {self.aux_warm}")
         if self.aux_sparsity is not None and not 0.0 < self.aux_sparsity < 1.0:

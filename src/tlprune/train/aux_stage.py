@@ -3,8 +3,9 @@ branch trains alone, dense (stilts) or pruned to its own target (sequential), be
 target starts from its weights (and masks).
 
 Fixed length, no selection (there is no target data here); checkpoints every
-`prune.checkpoint_every` steps let `--resume` continue a killed stage (on new auxiliary batch
-streams: those are not saved), and the finished stage is saved under `<work>/aux_stage/`.
+`prune.checkpoint_every` steps let `--resume` continue a killed stage (the auxiliary batch
+streams' positions are saved with the branch), and the finished stage is saved under
+`<work>/aux_stage/`.
 """
 
 from __future__ import annotations

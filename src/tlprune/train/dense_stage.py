@@ -21,8 +21,8 @@ def stage_base(cfg: RunConfig, label_names: list[str]):
     random stream is left as it was."""
     from tlprune.arch import from_hf
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.transfer.seed_of_stage(cfg.seed))
+    with torch.random.fork_rng(devices=[]):  # the CPU stream only, so seed only that one
+        torch.default_generator.manual_seed(cfg.transfer.seed_of_stage(cfg.seed))
         return from_hf(load_classifier(cfg.model.name, label_names))
 
 

@@ -42,10 +42,16 @@ def _origin(module: str) -> Path | None:
     return None
 
 
+def _type_checking(test: ast.expr) -> bool:
+    """Whether an `if` test is exactly `TYPE_CHECKING` (or `typing.TYPE_CHECKING`)."""
+    name = test.attr if isinstance(test, ast.Attribute) else getattr(test, "id", None)
+    return name == "TYPE_CHECKING"
+
+
 def _nodes(node: ast.AST):
-    """Every node under `node`, except what only a type checker imports."""
+    """Every node under `node`, except the body of an `if TYPE_CHECKING:` (never run)."""
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+        if isinstance(child, ast.If) and _type_checking(child.test):
             yield from (n for c in child.orelse for n in (c, *_nodes(c)))
             continue
         yield child
@@ -115,11 +121,15 @@ def _libraries() -> dict[str, str]:
 
 
 def _model_identity(name: str) -> dict:
-    """A hub id as written; a local folder by its weight files' names, sizes and mtimes."""
-    path = Path(name).expanduser()
+    """A hub id as written; a local folder (an alias's package folder too) by its weight,
+    config and vocabulary files' names, sizes and mtimes."""
+    from tlprune.models import ALIASES, resolve_model
+
+    path = Path(resolve_model(name) if name in ALIASES else name).expanduser()
     if not path.is_dir():
         return {"id": name}
-    files = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".json"})
+    kept = {".safetensors", ".bin", ".json", ".txt", ".model"}
+    files = sorted(p for p in path.iterdir() if p.suffix in kept)
     return {"dir": str(path.resolve()), "files": [(p.name, *_stat(p)) for p in files]}
 
 
@@ -169,11 +179,10 @@ def began_under(work: Path, key: str) -> str | None:
     that a stage resumed after an upgrade is not filed under the new code's key. None: the
     stage began before keys were recorded (kept out of the cache)."""
     path = work / "aux_stage.key"
-    if path.is_file():
-        return path.read_text().strip()
-    if (work / "aux_stage").exists() or (work / "aux_checkpoints").exists():
-        return None
-    atomic_write_text(path, key)
+    began = (work / "aux_stage").exists() or (work / "aux_checkpoints").exists()
+    if began:  # trained in part or whole: by the code of the recorded key, or of an older one
+        return path.read_text().strip() if path.is_file() else None
+    atomic_write_text(path, key)  # nothing trained yet: this code trains all of it
     return key
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from tlprune.config.transfer import COUPLINGS as NAMES
 from tlprune.config.transfer import TransferConfig
-from tlprune.errors import ConfigError
 from tlprune.registry import Registry
 from tlprune.transfer.couplings.base import Coupling
 from tlprune.transfer.couplings.none import NoCoupling
@@ -28,14 +27,8 @@ def coupling_of(tc: TransferConfig) -> Coupling:
 
 def check_transfer(tc: TransferConfig, prune: Any) -> None:
     """Before a run: the coupling's own settings, then those every coupling shares."""
-    coupling = coupling_of(tc)
-    coupling.check(tc, prune)
+    coupling_of(tc).check(tc, prune)
     tc.check_common(prune)
-    if tc.stage_seed is not None and not coupling.aux_stage:
-        raise ConfigError(
-            f"transfer.stage_seed is the seed of an auxiliary stage, and coupling "
-            f"{tc.coupling} has none: drop it, or use a sequential coupling (stilts, transfer)"
-        )
 
 
 __all__ = ["COUPLINGS", "Coupling", "check_transfer", "coupling_of"]
