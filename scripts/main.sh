@@ -10,7 +10,7 @@ python3 -m tlprune prune --preset transfer --model minilm --target vader-amazon 
     --sparsity 0.8 --seed 0 --out runs/main --overwrite "$@"
 echo
 echo "References at the same budget and sparsity (committed runs, seeds 0-2, same test split;"
-echo "fisher-stilts-floor-lab is the transfer preset's recipe; results/accuracy-256/report):"
+echo "every preset at its full schedule; results/full-schedule/report):"
 awk '/^## vader-amazon, budget 256, sparsity 0.8$/ {on = 1; next} /^## / {on = 0}
-    on && /^\|/ && (++n <= 2 || $2 ~ /^(finetune|cofi-300|fisher-ft|fisher-stilts-floor-lab)$/)' \
-    results/accuracy-256/report/report.md
+    on && /^\|/ && (++n <= 2 || $2 ~ /^(finetune|cofi|fisher-ft|transfer)$/)' \
+    results/full-schedule/report/report.md
