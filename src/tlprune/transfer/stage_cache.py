@@ -3,9 +3,9 @@
 The stage depends on the model, the auxiliary rows, its schedule and the seed, not on the
 target's budget or the sparsity, so every run of a grid over targets, sparsities and recipes
 that shares those can start from one stage. Entries live under the cache root, keyed by a hash
-of everything the stage reads, including the source of the code that trains it and the torch
-and transformers versions, so that an upgrade or an edit never serves a stage the current code
-would not train; they are written atomically and never change once written.
+of everything the stage reads, including the source of the code that trains it, the library
+versions and the device type, so that an upgrade or an edit never serves a stage the current
+code would not train; they are written atomically and never change once written.
 """
 
 from __future__ import annotations
