@@ -26,6 +26,25 @@ def stage_base(cfg: RunConfig, label_names: list[str]):
         return from_hf(load_classifier(cfg.model.name, label_names))
 
 
+def stage_branch(
+    cfg: RunConfig,
+    label_names: list[str],
+    aux_data: list,
+    tokenizer: Any,
+    gate_cfg: Any = None,
+    shard: tuple[int, int] = (0, 1),
+):
+    """The auxiliary branch a stage trains, from `stage_base`, under the stage's seed: dense
+    when `gate_cfg` is None (a STILTs teacher), else with its own gates (sequential)."""
+    from tlprune.arch import unit_sizes
+    from tlprune.transfer.branch import build_branch
+
+    base = stage_base(cfg, label_names)
+    seed = cfg.transfer.seed_of_stage(cfg.seed)
+    sizes = unit_sizes(base.config)
+    return build_branch(base, None, aux_data, tokenizer, cfg.transfer, gate_cfg, sizes, seed, shard)
+
+
 def dense_stage(
     cfg: RunConfig,
     label_names: list[str],
@@ -38,15 +57,11 @@ def dense_stage(
 ) -> tuple[torch.nn.Module, bool]:
     """A STILTs teacher's dense pass over the auxiliaries: (its trained encoder, whether it came
     from the cache). A finished stage is kept in the cache only under the key it began with."""
-    from tlprune.arch import unit_sizes
     from tlprune.train.aux_stage import run_aux_stage
     from tlprune.transfer import stage_cache
-    from tlprune.transfer.branch import build_branch
 
     tc = cfg.transfer
-    base = stage_base(cfg, label_names)
-    seed = tc.seed_of_stage(cfg.seed)
-    branch = build_branch(base, None, aux_data, tokenizer, tc, None, unit_sizes(base.config), seed)
+    branch = stage_branch(cfg, label_names, aux_data, tokenizer)
     main = accelerator.is_main_process
     key = None
     if tc.cache_stage:
