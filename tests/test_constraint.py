@@ -1,5 +1,6 @@
-"""The sparsity constraint by projection (prune.constraint: shift, and hold after the ramp):
-exact tracking of the target on tiny runs, the worst gap reported, and the shift itself."""
+"""The sparsity constraint by projection (prune.constraint: shift, price, and hold after the
+ramp): exact tracking of the target on tiny runs, the worst gap reported, the shift itself, and
+the price's multiplier learned from the pre-projection drift."""
 
 import json
 
@@ -7,11 +8,18 @@ import pytest
 import torch
 from tests.test_prune_job import sentiment_csv, tiny_cfg
 
-from tlprune.gates import GateConfig, GateSet, UnitSizes
+from tlprune.gates import GateConfig, GateSet, Lagrangian, UnitSizes
+from tlprune.gates.price import price_term
 from tlprune.gates.target_shift import shift_to_target
 from tlprune.train.prune_job import run_prune
 
 SIZES = UnitSizes(num_layers=2, num_heads=4, head_size=8, hidden=32, ffn=64)
+
+
+def prune_steps(run_dir) -> list[dict]:
+    """The prune phase's per-step rows of a run's log."""
+    rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("phase") == "prune" and "expected_sparsity" in r]
 
 
 @pytest.mark.parametrize("target", [0.05, 0.4, 0.8, 0.9])
@@ -31,8 +39,7 @@ def test_shift_run_tracks_its_target_at_every_step(tmp_path, tiny_bert_dir, accu
     data = sentiment_csv(tmp_path / "d.csv")
     extra = ("prune.constraint=shift", f"prune.prune.grad_accum={accum}")
     run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run", *extra))
-    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if r.get("phase") == "prune" and "expected_sparsity" in r]
+    steps = prune_steps(tmp_path / "run")
     assert len(steps) == 6
     for r in steps:  # the ramp included: the gates are where the target is, every step
         assert abs(r["expected_sparsity"] - r["target"]) < 1e-3, r
@@ -40,12 +47,49 @@ def test_shift_run_tracks_its_target_at_every_step(tmp_path, tiny_bert_dir, accu
     assert steps[-1]["target"] == 0.5
 
 
+def test_price_term_gives_the_gates_the_price_and_the_multiplier_the_drift():
+    gates = GateSet(GateConfig(init_log_alpha=1.0, init_std=0.5), SIZES, seed=0)
+    lag = Lagrangian()
+    with torch.no_grad():
+        lag.lambda1.fill_(-2.0)
+    s_hat = gates.expected_sparsity()
+    price_term(lag, s_hat, 0.3, torch.tensor(-0.01)).backward()
+    assert float(lag.lambda1.grad) == pytest.approx(-0.01)  # the drift, not the current gap
+    assert float(lag.lambda2.grad) == 0.0
+    want = torch.autograd.grad(
+        -2.0 * gates.expected_sparsity(), list(gates.log_alpha.values()), allow_unused=True
+    )
+    for (k, v), w in zip(gates.log_alpha.items(), want, strict=True):
+        assert torch.allclose(v.grad, w), k  # lambda1 * d s_hat: the price, held fixed
+
+
+def test_price_run_tracks_its_target_and_learns_the_price_from_the_drift(tmp_path, tiny_bert_dir):
+    data = sentiment_csv(tmp_path / "d.csv")
+    extra = ("prune.constraint=price", "prune.prune.max_steps=8")
+    run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run", *extra))
+    steps = prune_steps(tmp_path / "run")
+    assert len(steps) == 8
+    for r in steps:  # the ramp included: the gates are where the target is, every step
+        assert abs(r["expected_sparsity"] - r["target"]) < 1e-3, r
+    assert steps[0]["drift"] == 0 and steps[0]["lambda1"] == 0  # no gate step measured yet
+    # the first measured drift moves lambda1 by Adam's second step (the first saw a zero
+    # gradient), ascending on the drift: a step that opened the gates (drift < 0) lowers the
+    # price's lambda1, which pushes them to close
+    first = steps[1]
+    assert first["drift"] != 0
+    adam = (0.1 / (1 - 0.9**2)) / (0.001 / (1 - 0.999**2)) ** 0.5
+    sign = 1 if first["drift"] > 0 else -1
+    assert first["lambda1"] == pytest.approx(0.1 * adam * sign, rel=1e-3)
+    assert any(r["lagrangian"] != 0 for r in steps[2:])  # the price reaches the gates
+    report = json.loads((tmp_path / "run" / "prune_report.json").read_text())
+    assert report["sparsity"]["worst_gap_after_ramp"] < 1e-3
+
+
 def test_hold_run_uses_the_multipliers_on_the_ramp_and_the_target_after_it(tmp_path, tiny_bert_dir):
     data = sentiment_csv(tmp_path / "d.csv")
     extra = ("prune.constraint=hold", "prune.prune.max_steps=9", "prune.target_warmup=0.34")
     run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run", *extra))
-    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if r.get("phase") == "prune" and "expected_sparsity" in r]
+    steps = prune_steps(tmp_path / "run")
     ramp_end = round(0.34 * 9)  # the target reaches the sparsity at this optimizer step
     on_ramp, after = steps[:ramp_end], steps[ramp_end:]
     assert any(r["lagrangian"] != 0 for r in on_ramp)  # the multipliers drive the ramp
@@ -63,8 +107,7 @@ def test_hold_run_uses_the_multipliers_on_the_ramp_and_the_target_after_it(tmp_p
 def test_lagrangian_run_reports_its_worst_gap_after_the_ramp(tmp_path, tiny_bert_dir):
     data = sentiment_csv(tmp_path / "d.csv")
     run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run"))
-    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if r.get("phase") == "prune" and "expected_sparsity" in r]
+    steps = prune_steps(tmp_path / "run")
     report = json.loads((tmp_path / "run" / "prune_report.json").read_text())
     after = [abs(r["expected_sparsity"] - r["target"]) for r in steps[round(0.34 * 6) :]]
     assert report["sparsity"]["worst_gap_after_ramp"] == pytest.approx(max(after))

@@ -1,9 +1,8 @@
 """Gates started from Fisher importance (prune.gate_init: fisher)."""
 
-import json
-
 import pytest
 import torch
+from tests.test_constraint import prune_steps
 from tests.test_prune_job import sentiment_csv, tiny_cfg
 
 from tlprune.gates import GateConfig, GateSet, UnitSizes
@@ -42,8 +41,7 @@ def test_fisher_started_shift_run_tracks_its_target(tmp_path, tiny_bert_dir):
     data = sentiment_csv(tmp_path / "d.csv")
     extra = ("prune.gate_init=fisher", "prune.constraint=shift")
     run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run", *extra))
-    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if r.get("phase") == "prune" and "expected_sparsity" in r]
+    steps = prune_steps(tmp_path / "run")
     assert steps[0]["target"] > 0.05  # the ranked start already closes the weakest units a bit
     for r in steps:
         assert abs(r["expected_sparsity"] - r["target"]) < 1e-3, r

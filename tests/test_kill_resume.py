@@ -131,8 +131,10 @@ def _same_run(full, out):
             "prune:4",
             ["prune.gate_init=fisher", "prune.constraint=hold", "prune.kinds=[head,ffn_unit]"],
         ),
+        # the projection with the multiplier learned from its drift (a buffer of the model)
+        ("prune:3", ["prune.constraint=price"]),
     ],
-    ids=["aux-stage", "two-branch-warm", "final", "accumulated-warm", "fisher-hold"],
+    ids=["aux-stage", "two-branch-warm", "final", "accumulated-warm", "fisher-hold", "price"],
 )
 def test_sigkill_in_other_phases_resumes_to_the_same_run(tmp_path, kill, flags):
     from tests.test_transfer import aux_csv

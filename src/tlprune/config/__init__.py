@@ -109,7 +109,10 @@ class PruneConfig:
     round_hidden: int = 32
     # lagrangian: learned multipliers (CoFi); shift: after each gate step one common offset of
     # every log-alpha makes the expected sparsity equal the target (gates/target_shift.py);
-    # hold: the multipliers while the target ramps, the offset once it has reached the sparsity
+    # hold: the multipliers while the target ramps, the offset once it has reached the sparsity;
+    # price: the offset at every step for the level, and lambda1, learned from how far each
+    # gate step alone moved the gates off the target, as the price of sparsity the gates weigh
+    # their task gradient against (gates/target_shift.py)
     constraint: str = "lagrangian"
     # uniform: every log-alpha at init_log_alpha (CoFi); fisher: heads and FFN units ranked by
     # the warm model's Fisher score per parameter, from init_log_alpha down to

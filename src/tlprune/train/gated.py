@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlprune.gates import GateSet, Lagrangian
+from tlprune.gates.price import price_term
 from tlprune.gates.target_shift import shift_to_target
 from tlprune.train.engine import Step
 from tlprune.transfer.adapt import backward_adapted
@@ -28,10 +29,14 @@ class GatedModel(nn.Module):
         branch: nn.Module | None = None,
         shift: bool = False,
         hold_from: int | None = None,
+        price: bool = False,
     ):
         super().__init__()
         self.shift = shift  # the constraint holds by projection (gates/target_shift.py)
         self.hold_from = hold_from  # from this step on, projection replaces the multipliers
+        self.price = price  # projection for the level, lambda1 for the price (gates/price.py)
+        if price:  # the last update's pre-projection gap: in checkpoints, for exact resume
+            self.register_buffer("drift", torch.zeros(()))
         self.model = model
         self.gates = gates
         self.lagrangian = lagrangian
@@ -67,7 +72,11 @@ class GatedModel(nn.Module):
         else:
             task = F.cross_entropy(out.logits, labels)
         s_hat = self.gates.expected_sparsity().to(task.dtype)
-        lag = self.lagrangian(s_hat, target)
+        if self.price:
+            lag = price_term(self.lagrangian, s_hat, target, self.drift)
+            parts["drift"] = self.drift.clone()
+        else:
+            lag = self.lagrangian(s_hat, target)
         projected = self.shift or (self.hold_from is not None and step >= self.hold_from)
         if projected:  # unused, but in the graph: several processes (DDP) need every parameter
             lag = 0 * lag
@@ -133,7 +142,10 @@ class GatedObjective:
         inner = self.inner
         inner.gates.clamp_()
         if self.project_from is not None and synced and step + 1 >= self.project_from:
-            shift_to_target(inner.gates, self.schedule(step + 1))  # the next step's own target
+            target = self.schedule(step + 1)  # the next step's own target
+            if inner.price:  # how far this gate step alone left it, before the projection
+                inner.drift.fill_(float(inner.gates.expected_sparsity().detach()) - target)
+            shift_to_target(inner.gates, target)
         if inner.branch is not None and inner.branch.gates is not None:
             inner.branch.gates.clamp_()
 

@@ -71,7 +71,10 @@ def _prepare(model, gates, train_ds, collate, dev_loader, cfg, accelerator, extr
     set_trainable(model, phase.freeze)
     accelerator.gradient_accumulation_steps = phase.grad_accum
     lagrangian = Lagrangian()
-    gm = GatedModel(model, gates, lagrangian, distiller, branch, shift=pc.constraint == "shift")
+    price = pc.constraint == "price"
+    gm = GatedModel(
+        model, gates, lagrangian, distiller, branch, shift=pc.constraint == "shift", price=price
+    )
     weights = [p for p in model.parameters() if p.requires_grad]
     if distiller is not None:
         weights += list(distiller.parameters())
@@ -240,7 +243,7 @@ def run_prune_phase(
         model, gates, train_ds, collate, dev_loader, cfg, accelerator, (teacher, distiller, branch)
     )
     hold_from = p.schedule.warmup_steps
-    project_from = {"shift": 0, "hold": hold_from}.get(pc.constraint)
+    project_from = {"shift": 0, "price": 0, "hold": hold_from}.get(pc.constraint)
     objective = GatedObjective(p.gm, p.inner, accelerator, p.schedule, p.teacher, project_from)
     mechanics = Mechanics(
         list(p.optimizers.values()),
