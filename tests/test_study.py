@@ -465,3 +465,60 @@ def test_a_trial_finished_by_another_worker_is_not_reported_as_an_error():
     assert handed_out_twice(UpdateFinishedTrialError("Trial#46 has already finished"))
     assert handed_out_twice(RuntimeError("Cannot tell a COMPLETE trial."))
     assert not handed_out_twice(RuntimeError("disk full"))
+
+
+def test_one_thread_of_a_worker_process_takes_a_waiting_trial_at_a_time(
+    tmp_path, data, monkeypatch
+):
+    """SQLite lets two threads both read one waiting trial before either marks it running;
+    the second then sat on the cell lock for the whole run. Pops are serialised, so two
+    threads run two different cells at once and every cell runs once."""
+    import threading
+
+    import optuna
+
+    from tlprune.study import runner as study_runner
+    from tlprune.study import store
+    from tlprune.study.spec import load_spec
+
+    spec = load_spec(_spec(tmp_path, tmp_path / "model", data))
+    out = tmp_path / "study"
+    out.mkdir()
+    study = store.open_store(spec.name, store.default_url(out), heartbeat=1)
+    cells = spec.cells(spec.stages[0], None)
+    store.enqueue_missing(study, cells)
+    inside, most, lock = [0], [0], threading.Lock()
+    pop = optuna.study.Study._pop_waiting_trial_id
+
+    def slow_pop(self):  # widen the read-then-mark window the race lives in
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.2)
+        try:
+            return pop(self)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    ran: list[tuple[str, str]] = []
+
+    def fake_run(self, cell, slot, resume=True, lock=None):
+        ran.append((cell.name, threading.current_thread().name))
+        time.sleep(0.5)
+        return {"dev": 0.5}
+
+    monkeypatch.setattr(optuna.study.Study, "_pop_waiting_trial_id", slow_pop)
+    monkeypatch.setattr(study_runner._Runner, "run", fake_run)
+    runner = study_runner._Runner(study, spec, out, 2, smoke=True)
+    names = {c.name for c in cells}
+    threads = [threading.Thread(target=study_runner._worker, args=(study, runner, names, 1),
+                                name=f"w{i}") for i in range(2)]  # fmt: skip
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert most[0] == 1  # never two pops at once
+    assert sorted(n for n, _ in ran) == sorted(names)  # each cell once
+    assert {t for _, t in ran} == {"w0", "w1"}  # both threads worked
+    assert sorted(store.completed(study)) == sorted(names)

@@ -104,11 +104,28 @@ class _Runner:
         self.study, self.spec, self.out, self.jobs, self.smoke = study, spec, out, jobs, smoke
         self._slots = list(range(jobs))
         self._lock = threading.Lock()
+        # Optuna pops a waiting trial by reading it, then marking it running; two threads of
+        # one process on SQLite can both read it before either marks it, and the second then
+        # waits on the cell lock for the whole run. One thread at a time takes a trial.
+        self._taking = threading.Lock()
+        self._holds = threading.local()
         self.record_only = False  # never start a run (cells are filtered to finished ones)
+
+    def take(self) -> None:
+        """Before `study.optimize`: this thread alone pops a waiting trial."""
+        self._taking.acquire()
+        self._holds.taking = True
+
+    def taken(self) -> None:
+        """Once the trial is this thread's (or optimize returned): the next thread may pop."""
+        if getattr(self._holds, "taking", False):
+            self._holds.taking = False
+            self._taking.release()
 
     def __call__(self, trial) -> float:
         import optuna
 
+        self.taken()
         if "cell" not in trial.user_attrs:  # the queue emptied between our look and the take
             trial.set_user_attr("skipped", "no cell")
             raise optuna.TrialPruned()
@@ -227,12 +244,15 @@ def _worker(study, runner: _Runner, names: set[str], heartbeat: int) -> None:
         fail_stale_trials(study)
         trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("cell") in names]
         if any(t.state == TrialState.WAITING for t in trials):
+            runner.take()
             try:
                 study.optimize(runner, n_trials=1, catch=(CellFailed,))
             except Exception as exc:  # e.g. the store said another worker finished it
                 if handed_out_twice(exc):
                     continue  # the other worker finished its cell; the lock kept it single
                 print(f"study worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+            finally:
+                runner.taken()
         elif any(t.state == TrialState.RUNNING for t in trials):
             time.sleep(heartbeat)  # another worker's cell, or a dead one going stale
         else:
