@@ -121,6 +121,23 @@ def test_the_key_a_stage_began_under_survives_a_resume(tmp_path):
     assert not (other / "aux_stage.key").exists()
 
 
+def test_a_restored_stage_is_reported_as_cached_across_a_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLPRUNE_CACHE", str(tmp_path / "cache"))
+    trained = tmp_path / "a" / "aux_stage"
+    trained.mkdir(parents=True)
+    (trained / "done.json").write_text("{}")
+    (trained / "encoder.safetensors").write_text("weights")
+    assert not stage_cache.restore("k", trained)  # the run's own stage, trained
+    stage_cache.store("k", trained)
+    copied = tmp_path / "b" / "aux_stage"
+    assert stage_cache.restore("k", copied)  # a later run: copied from the cache
+    assert (copied / "encoder.safetensors").read_text() == "weights"
+    assert stage_cache.restore("k", copied)  # and still so when that run resumes
+    assert not stage_cache.restore("k", trained)
+    stage_cache.store("other", copied)  # the marker stays with the run, not the cache
+    assert not (stage_cache.entry("other") / stage_cache.RESTORED).exists()
+
+
 def test_an_alias_is_identified_by_its_files(tmp_path, monkeypatch):
     """A bundled alias is its package's model folder: an upgrade of the package's weights (or
     vocabulary) changes the key."""

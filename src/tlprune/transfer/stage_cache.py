@@ -190,14 +190,21 @@ def entry(key: str) -> Path:
     return cache_dir() / "aux-stages" / key
 
 
+RESTORED = "restored-from-cache"  # in a run's stage folder: the stage was copied, not trained
+
+
 def restore(key: str, stage_dir: Path) -> bool:
-    """Copy a cached stage into `stage_dir` (the run's aux_stage folder); whether it did."""
+    """Copy a cached stage into `stage_dir` (the run's aux_stage folder); whether the run's
+    stage came from the cache, now or before a resume."""
+    if (stage_dir / "done.json").is_file():  # the run's own finished stage (a resume)
+        return (stage_dir / RESTORED).is_file()
     src = entry(key)
-    if not (src / "done.json").is_file() or (stage_dir / "done.json").is_file():
-        return False  # nothing cached, or the run's own finished stage (a resume)
+    if not (src / "done.json").is_file():
+        return False
     with atomic_dir(stage_dir, overwrite=True) as tmp:
         for f in src.iterdir():
             shutil.copy2(f, tmp / f.name)
+        (tmp / RESTORED).write_text(key)
     return True
 
 
@@ -209,7 +216,7 @@ def store(key: str, stage_dir: Path) -> None:
     try:
         with atomic_dir(dst) as tmp:
             for f in stage_dir.iterdir():
-                if f.is_file():
+                if f.is_file() and f.name != RESTORED:
                     shutil.copy2(f, tmp / f.name)
     except OSError:  # another run stored it meanwhile (exists / not empty), or a full disk:
         pass  # the run itself is done either way
