@@ -63,23 +63,47 @@ def test_price_term_gives_the_gates_the_price_and_the_multiplier_the_drift():
         assert torch.allclose(v.grad, w), k  # lambda1 * d s_hat: the price, held fixed
 
 
-def test_price_run_tracks_its_target_and_learns_the_price_from_the_drift(tmp_path, tiny_bert_dir):
+def test_the_drift_is_the_gate_step_alone_and_the_projection_still_lands():
+    from tlprune.gates import TargetSchedule
+    from tlprune.train.gated import GatedModel, GatedObjective
+
+    gates = GateSet(GateConfig(init_log_alpha=1.0, init_std=0.5), SIZES, seed=0)
+    inner = GatedModel(torch.nn.Identity(), gates, Lagrangian(), price=True)
+    schedule = TargetSchedule(0.6, warmup_steps=4, initial=0.2)
+    objective = GatedObjective(None, inner, None, schedule, None, project_from=0)
+    shift_to_target(gates, schedule(1))
+    objective.level = float(gates.expected_sparsity().detach())  # what the forward saw
+    with torch.no_grad():  # a gate step that closes every gate a little
+        for v in gates.log_alpha.values():
+            v.sub_(0.3)
+    moved = float(gates.expected_sparsity().detach())
+    objective.after_update(1, synced=True)
+    assert float(inner.drift) == pytest.approx(moved - objective.level)  # not the ramp's rise
+    assert float(inner.drift) > 1e-3
+    assert float(gates.expected_sparsity().detach()) == pytest.approx(schedule(2), abs=1e-4)
+    objective.after_update(2, synced=False)  # mid-accumulation: neither measured nor moved
+    assert float(gates.expected_sparsity().detach()) == pytest.approx(schedule(2), abs=1e-4)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_price_run_tracks_its_target_and_learns_the_price_from_the_drift(
+    tmp_path, tiny_bert_dir, accum
+):
     data = sentiment_csv(tmp_path / "d.csv")
-    extra = ("prune.constraint=price", "prune.prune.max_steps=8")
+    extra = ("prune.constraint=price", "prune.prune.max_steps=8", f"prune.prune.grad_accum={accum}")
     run_prune(tiny_cfg(tiny_bert_dir, data, tmp_path / "run", *extra))
     steps = prune_steps(tmp_path / "run")
     assert len(steps) == 8
     for r in steps:  # the ramp included: the gates are where the target is, every step
         assert abs(r["expected_sparsity"] - r["target"]) < 1e-3, r
-    assert steps[0]["drift"] == 0 and steps[0]["lambda1"] == 0  # no gate step measured yet
-    # the first measured drift moves lambda1 by Adam's second step (the first saw a zero
-    # gradient), ascending on the drift: a step that opened the gates (drift < 0) lowers the
-    # price's lambda1, which pushes them to close
-    first = steps[1]
-    assert first["drift"] != 0
+    assert steps[0]["lambda1"] == 0  # no gate step measured yet
+    assert all(abs(r["drift"]) > 1e-4 for r in steps)  # each row: its own update's drift
+    # the first drift moves lambda1 by Adam's second step (the first saw a zero gradient),
+    # ascending on the drift: a step that opened the gates (drift < 0) lowers the price's
+    # lambda1, which pushes them to close
     adam = (0.1 / (1 - 0.9**2)) / (0.001 / (1 - 0.999**2)) ** 0.5
-    sign = 1 if first["drift"] > 0 else -1
-    assert first["lambda1"] == pytest.approx(0.1 * adam * sign, rel=1e-3)
+    sign = 1 if steps[0]["drift"] > 0 else -1
+    assert steps[1]["lambda1"] == pytest.approx(0.1 * adam * sign, rel=1e-3)
     assert any(r["lagrangian"] != 0 for r in steps[2:])  # the price reaches the gates
     report = json.loads((tmp_path / "run" / "prune_report.json").read_text())
     assert report["sparsity"]["worst_gap_after_ramp"] < 1e-3

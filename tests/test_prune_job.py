@@ -245,7 +245,7 @@ def test_export_onnx_cli(tmp_path, tiny_bert_dir, data, capsys):
     assert main(["export", str(tmp_path / "nowhere"), "--onnx"]) == 2
 
 
-@pytest.mark.parametrize("constraint", ["lagrangian", "shift"])
+@pytest.mark.parametrize("constraint", ["lagrangian", "shift", "price"])
 def test_two_process_cpu_prune(tmp_path, tiny_bert_dir, data, constraint):
     """Data-parallel on 2 CPU processes (gloo). `accelerate launch --cpu` starts one process
     unless mpirun is set up, so this uses torchrun, which `accelerate launch` wraps on GPUs."""

@@ -490,7 +490,7 @@ def test_one_thread_of_a_worker_process_takes_a_waiting_trial_at_a_time(
     inside, most, lock = [0], [0], threading.Lock()
     pop = optuna.study.Study._pop_waiting_trial_id
 
-    def slow_pop(self):  # widen the read-then-mark window the race lives in
+    def slow_pop(self):  # make two pops overlap unless the runner serialises them
         with lock:
             inside[0] += 1
             most[0] = max(most[0], inside[0])
@@ -513,11 +513,12 @@ def test_one_thread_of_a_worker_process_takes_a_waiting_trial_at_a_time(
     runner = study_runner._Runner(study, spec, out, 2, smoke=True)
     names = {c.name for c in cells}
     threads = [threading.Thread(target=study_runner._worker, args=(study, runner, names, 1),
-                                name=f"w{i}") for i in range(2)]  # fmt: skip
+                                name=f"w{i}", daemon=True) for i in range(2)]  # fmt: skip
     for th in threads:
         th.start()
     for th in threads:
         th.join(timeout=60)
+        assert not th.is_alive()  # a deadlock fails here instead of hanging the suite
     assert most[0] == 1  # never two pops at once
     assert sorted(n for n, _ in ran) == sorted(names)  # each cell once
     assert {t for _, t in ran} == {"w0", "w1"}  # both threads worked

@@ -112,7 +112,7 @@ class PruneConfig:
     # hold: the multipliers while the target ramps, the offset once it has reached the sparsity;
     # price: the offset at every step for the level, and lambda1, learned from how far each
     # gate step alone moved the gates off the target, as the price of sparsity the gates weigh
-    # their task gradient against (gates/target_shift.py)
+    # their task gradient against (gates/price.py)
     constraint: str = "lagrangian"
     # uniform: every log-alpha at init_log_alpha (CoFi); fisher: heads and FFN units ranked by
     # the warm model's Fisher score per parameter, from init_log_alpha down to

@@ -10,11 +10,12 @@ wind up and carry the gates far past the target (0.89-0.93 against 0.80 at cofi'
 
 Here the gates minimise ``lambda1 * (s_hat - t)`` with lambda1 held fixed, then the offset
 projects them onto the next step's target. lambda1 ascends on the *drift*: how far that gate
-step alone moved the expected sparsity off the next target, measured before the projection.
-A step that opens the gates on balance (drift < 0: the task outweighs the price) lowers
-lambda1, which pushes towards closing; one that closes them raises it. lambda1 settles where
-the gates' own steps leave the level in place on average, the multiplier of the constrained
-problem; its wind-up moves the price, never the level.
+step alone moved the expected sparsity from the level it started at, measured before the
+projection (the ramp's rise is the projection's work, not the price's). A step that opens the
+gates on balance (drift < 0: the task outweighs the price) lowers lambda1, which pushes
+towards closing; one that closes them raises it. lambda1 settles where the gates' own steps
+leave the level in place on average, the multiplier of the constrained problem; its wind-up
+moves the price, never the level.
 """
 
 from __future__ import annotations

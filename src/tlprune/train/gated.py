@@ -74,7 +74,6 @@ class GatedModel(nn.Module):
         s_hat = self.gates.expected_sparsity().to(task.dtype)
         if self.price:
             lag = price_term(self.lagrangian, s_hat, target, self.drift)
-            parts["drift"] = self.drift.clone()
         else:
             lag = self.lagrangian(s_hat, target)
         projected = self.shift or (self.hold_from is not None and step >= self.hold_from)
@@ -111,6 +110,7 @@ class GatedObjective:
         self.module, self.inner, self.schedule = module, inner, schedule
         self.accelerator, self.teacher, self.project_from = accelerator, teacher, project_from
         self.target = 0.0
+        self.level = 0.0  # the expected sparsity the gates started this update from
 
     def __call__(self, batch: Any, step: int) -> Step:
         self.target = self.schedule(step)
@@ -120,6 +120,9 @@ class GatedObjective:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 teacher_out = self.teacher(**inputs, output_hidden_states=True)
         loss, parts = self.module(batch, self.target, teacher_out, step)
+        self.level = float(
+            parts["expected_sparsity"]
+        )  # the gates do not move between micro-batches
         out = Step(loss, parts, task=parts["task"])
         branch = self.inner.branch
         if branch is not None:  # transfer.adapt: the aux term comes apart
@@ -142,10 +145,10 @@ class GatedObjective:
         inner = self.inner
         inner.gates.clamp_()
         if self.project_from is not None and synced and step + 1 >= self.project_from:
-            target = self.schedule(step + 1)  # the next step's own target
-            if inner.price:  # how far this gate step alone left it, before the projection
-                inner.drift.fill_(float(inner.gates.expected_sparsity().detach()) - target)
-            shift_to_target(inner.gates, target)
+            if inner.price:  # how far this gate step alone moved the level (not the ramp)
+                with torch.no_grad():
+                    inner.drift.fill_(float(inner.gates.expected_sparsity()) - self.level)
+            shift_to_target(inner.gates, self.schedule(step + 1))  # the next step's own target
         if inner.branch is not None and inner.branch.gates is not None:
             inner.branch.gates.clamp_()
 
@@ -158,6 +161,8 @@ class GatedObjective:
             lambda1=float(self.inner.lagrangian.lambda1.detach()),
             lambda2=float(self.inner.lagrangian.lambda2.detach()),
         )
+        if self.inner.price:  # this update's drift, which the next one's lambda1 step reads
+            row["drift"] = float(self.inner.drift)
         return row
 
     def postfix(self, out: Step) -> dict[str, str]:
