@@ -111,8 +111,8 @@ class PruneConfig:
     # every log-alpha makes the expected sparsity equal the target (gates/target_shift.py);
     # hold: the multipliers while the target ramps, the offset once it has reached the sparsity;
     # price: the offset at every step for the level, and lambda1, learned from how far each
-    # gate step alone moved the gates off the target, as the price of sparsity the gates weigh
-    # their task gradient against (gates/price.py)
+    # gate step alone moved that level, as the price of sparsity the gates weigh their task
+    # gradient against (gates/price.py)
     constraint: str = "lagrangian"
     # uniform: every log-alpha at init_log_alpha (CoFi); fisher: heads and FFN units ranked by
     # the warm model's Fisher score per parameter, from init_log_alpha down to

@@ -26,8 +26,8 @@ from tlprune.gates.lagrangian import Lagrangian
 
 
 def price_term(lagrangian: Lagrangian, s_hat: Tensor, target: float, drift: Tensor) -> Tensor:
-    """The gates' gradient is lambda1 * d s_hat; lambda1's own gradient is `drift` (the last
-    update's pre-projection gap). lambda2 stays in the graph at zero weight (DDP needs every
-    parameter used) and so never moves."""
+    """The gates' gradient is lambda1 * d s_hat; lambda1's own gradient is `drift` (how far the
+    last gate step alone moved the level, before its projection). lambda2 stays in the graph
+    at zero weight (DDP needs every parameter used) and so never moves."""
     lam1 = lagrangian.lambda1
     return lam1.detach() * (s_hat - target) + lam1 * drift + 0 * lagrangian.lambda2

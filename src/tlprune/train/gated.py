@@ -120,9 +120,8 @@ class GatedObjective:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 teacher_out = self.teacher(**inputs, output_hidden_states=True)
         loss, parts = self.module(batch, self.target, teacher_out, step)
-        self.level = float(
-            parts["expected_sparsity"]
-        )  # the gates do not move between micro-batches
+        # the level this update starts from (the gates do not move between micro-batches)
+        self.level = float(parts["expected_sparsity"])
         out = Step(loss, parts, task=parts["task"])
         branch = self.inner.branch
         if branch is not None:  # transfer.adapt: the aux term comes apart
