@@ -110,7 +110,7 @@ class GatedObjective:
         self.module, self.inner, self.schedule = module, inner, schedule
         self.accelerator, self.teacher, self.project_from = accelerator, teacher, project_from
         self.target = 0.0
-        self.level = 0.0  # the expected sparsity the gates started this update from
+        self.level: Any = 0.0  # the expected sparsity the gates started this update from
 
     def __call__(self, batch: Any, step: int) -> Step:
         self.target = self.schedule(step)
@@ -120,8 +120,9 @@ class GatedObjective:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 teacher_out = self.teacher(**inputs, output_hidden_states=True)
         loss, parts = self.module(batch, self.target, teacher_out, step)
-        # the level this update starts from (the gates do not move between micro-batches)
-        self.level = float(parts["expected_sparsity"])
+        if self.inner.price:  # the level this update starts from, in the gates' own precision
+            with torch.no_grad():  # (the logged value follows the loss's dtype); no host sync
+                self.level = self.inner.gates.expected_sparsity()
         out = Step(loss, parts, task=parts["task"])
         branch = self.inner.branch
         if branch is not None:  # transfer.adapt: the aux term comes apart
@@ -146,7 +147,7 @@ class GatedObjective:
         if self.project_from is not None and synced and step + 1 >= self.project_from:
             if inner.price:  # how far this gate step alone moved the level (not the ramp)
                 with torch.no_grad():
-                    inner.drift.fill_(float(inner.gates.expected_sparsity()) - self.level)
+                    inner.drift.fill_(float(inner.gates.expected_sparsity() - self.level))
             shift_to_target(inner.gates, self.schedule(step + 1))  # the next step's own target
         if inner.branch is not None and inner.branch.gates is not None:
             inner.branch.gates.clamp_()
