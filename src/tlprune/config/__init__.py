@@ -185,6 +185,9 @@ class DistillConfig:
     # labelled batch (hard-label CE) in the final fine-tune; 0 = off (no batch is drawn)
     unlabelled_weight: float = 1.0
     unlabelled_batch_size: int = 64
+    # and hidden-state distillation on the same batches: the relative MSE of every layer's
+    # output to the teacher's, layer i to layer i (train/unlabelled_distill.py); 0 = off
+    unlabelled_layer_weight: float = 0.0
     # checkpoint selection in that final fine-tune: hold out this many unlabelled texts (never
     # distilled on) and track, beside the dev loss, dev loss + KL(teacher || student) on them
     # (train/agreement.py); `select` is the rule whose best state the run keeps. 0 = no holdout
@@ -196,7 +199,8 @@ class DistillConfig:
             raise ConfigError(f"distill.temperature must be positive, got {self.temperature}")
         if self.unlabelled_batch_size < 1:
             raise ConfigError("distill.unlabelled_batch_size must be >= 1")
-        if min(self.ce_weight, self.kl_weight, self.layer_weight, self.unlabelled_weight) < 0:
+        weights = (self.ce_weight, self.kl_weight, self.layer_weight, self.unlabelled_weight)
+        if min(*weights, self.unlabelled_layer_weight) < 0:
             raise ConfigError("distill weights must be >= 0")
         if self.agreement_texts < 0:
             raise ConfigError("distill.agreement_texts must be >= 0 (0: no held-out texts)")

@@ -160,7 +160,8 @@ def _check_holdout(cfg: RunConfig, texts: int) -> None:
     held, dc = cfg.distill.agreement_texts, cfg.distill
     if not held:
         return
-    if not (cfg.fisher.final and dc.unlabelled_weight > 0 and texts):
+    if not (cfg.fisher.final and max(dc.unlabelled_weight, dc.unlabelled_layer_weight) > 0
+            and texts):  # fmt: skip
         raise TlpruneError(
             "distill.agreement_texts holds out unlabelled texts of the final fine-tune's "
             "distillation: give --unlabelled SOURCE, fisher.final=true and "
@@ -265,7 +266,8 @@ class _Run:
     def _distils(self, unlabelled) -> bool:
         """Whether the final fine-tune reads the unlabelled texts (and so all their logits)."""
         dc = self.cfg.distill
-        return self.cfg.fisher.final and dc.unlabelled_weight > 0 and bool(unlabelled)
+        weighted = dc.unlabelled_weight > 0 or dc.unlabelled_layer_weight > 0
+        return self.cfg.fisher.final and weighted and bool(unlabelled)
 
     def unlabelled_distill(self, teacher, unlabelled):
         """The final fine-tune's distillation on unlabelled texts and its held-out selection
@@ -295,6 +297,8 @@ class _Run:
             dc.unlabelled_weight,
             dc.temperature,
             seed=self.cfg.seed + 7_919,
+            teacher=teacher if dc.unlabelled_layer_weight else None,
+            layer_weight=dc.unlabelled_layer_weight,
         )
         return distill, heldout
 
@@ -397,14 +401,13 @@ class _Run:
         from tlprune.surgery import param_report
 
         cfg, task, budget = self.cfg, self.task, self.budget
+        distils = self._distils(unlabelled)
         return {
             **base_report(cfg, task, budget, self.tokenizer),
             "sparsity": info["sparsity"],
             "params": {"dense": param_report(_as_tlprune(teacher)), "pruned": param_report(small)},
             "warnings": [],
-            "distill": bool(
-                self.cfg.fisher.final and unlabelled and self.cfg.distill.unlabelled_weight
-            ),
+            "distill": distils,
             "teacher": teacher_info,
             "unlabelled": [
                 {"name": u.name, "texts": len(u.texts), "notes": u.notes} for u in unlabelled
@@ -425,8 +428,9 @@ class _Run:
                     for d in self.aux_data
                 ],
             },
-            "distill_unlabelled": (
-                self.cfg.distill.unlabelled_weight if self.cfg.fisher.final and unlabelled else 0.0
+            "distill_unlabelled": self.cfg.distill.unlabelled_weight if distils else 0.0,
+            "distill_unlabelled_layer": (
+                self.cfg.distill.unlabelled_layer_weight if distils else 0.0
             ),
             "processes": 1,
         }

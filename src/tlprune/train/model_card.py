@@ -72,9 +72,11 @@ def _teacher_rows(report: dict) -> list[str]:
         )
     for u in report.get("unlabelled", []):
         rows.append(f"| unlabelled texts | {u['name']}: {u['texts']:,} |")
-    if report.get("distill_unlabelled"):
-        weight = report["distill_unlabelled"]
-        rows.append(f"| distillation on unlabelled texts | logit KL, weight {weight} |")
+    kl, layer = report.get("distill_unlabelled"), report.get("distill_unlabelled_layer")
+    if kl or layer:
+        parts = [f"logit KL, weight {kl}"] if kl else []
+        parts += [f"hidden states layer by layer, weight {layer}"] if layer else []
+        rows.append(f"| distillation on unlabelled texts | {'; '.join(parts)} |")
     if sel := report.get("selection"):
         kept = sel["rules"][sel["kept"]]
         held = next((c["heldout"]["n"] for c in sel["rules"].values() if c.get("heldout")), 0)

@@ -1,6 +1,9 @@
 """Distillation on unlabelled texts: each step, a batch of unlabelled texts beside the
 labelled one, and the student's logits pulled to the dense teacher's by a temperature-softened
-KL. The teacher is frozen, so its logits are given, computed once for all texts."""
+KL. The teacher is frozen, so its logits are given, computed once for all texts. Optionally the
+student's hidden states are pulled to the teacher's too, layer i to layer i (the retraining-free
+small model keeps the teacher's depth and width): a two-class logit carries one number per
+text, a layer's hidden states hundreds per token."""
 
 from __future__ import annotations
 
@@ -18,9 +21,29 @@ def text_batch(collate: Any, texts: list[str]) -> dict:
     return batch
 
 
+def layer_mse(student: tuple, teacher: tuple, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of ||h_s - h_t||^2 / ||h_t||^2 on the real tokens of every layer's
+    output (hidden_states[1:]; [0] is the embeddings, which both models share at the start):
+    a relative error, so its weight means the same at any hidden-state scale."""
+    if len(student) != len(teacher) or student[-1].shape != teacher[-1].shape:
+        raise ValueError(
+            "the layer loss matches layer i to layer i: the student needs the teacher's depth "
+            f"and width (got {len(student) - 1} layers x {student[-1].shape[-1]} against "
+            f"{len(teacher) - 1} x {teacher[-1].shape[-1]})"
+        )
+    keep = mask.unsqueeze(-1).to(student[-1].dtype)
+    errs = [
+        (((s.float() - t.float()) ** 2) * keep).sum() / ((t.float() ** 2) * keep).sum()
+        for s, t in zip(student[1:], teacher[1:], strict=True)
+    ]
+    return torch.stack(errs).mean()
+
+
 class UnlabelledDistill:
     """`weight * KL_T(teacher || student)` on a fresh batch of unlabelled texts per call, in a
-    seeded order of its own (the labelled loader's random stream is not touched)."""
+    seeded order of its own (the labelled loader's random stream is not touched); with a
+    `layer_weight` > 0 and the `teacher` module, `layer_weight * layer_mse` beside it (the
+    teacher runs on the batch: its hidden states are too large to keep for every text)."""
 
     def __init__(
         self,
@@ -31,12 +54,17 @@ class UnlabelledDistill:
         weight: float,
         temperature: float,
         seed: int,
+        teacher: Any = None,
+        layer_weight: float = 0.0,
     ):
         if len(teacher_logits) != len(texts):
             raise ValueError("one row of teacher logits per unlabelled text")
         self.texts, self.collate, self.logits = texts, collate, teacher_logits
         self.batch_size, self.weight, self.temperature = batch_size, weight, temperature
         self.gen = torch.Generator().manual_seed(seed)
+        if layer_weight and teacher is None:
+            raise ValueError("the layer loss needs the teacher module")
+        self.teacher, self.layer_weight = teacher, layer_weight
         self._order: list[int] = []
 
     def _batch(self, idx) -> dict:
@@ -52,6 +80,16 @@ class UnlabelledDistill:
         idx = self._next()
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in self._batch(idx).items()}
-        student = model(**batch).logits.float()
-        kl = logit_kl(student, self.logits[idx].to(device), self.temperature)
-        return self.weight * kl, {"distill/unlabelled_kl": kl.detach()}
+        if not self.layer_weight:
+            student = model(**batch).logits.float()
+            kl = logit_kl(student, self.logits[idx].to(device), self.temperature)
+            return self.weight * kl, {"distill/unlabelled_kl": kl.detach()}
+        out = model(**batch, output_hidden_states=True)
+        kl = logit_kl(out.logits.float(), self.logits[idx].to(device), self.temperature)
+        self.teacher.to(device).eval()
+        with torch.no_grad():
+            target = self.teacher(**batch, output_hidden_states=True).hidden_states
+        layer = layer_mse(out.hidden_states, target, batch["attention_mask"])
+        loss = self.weight * kl + self.layer_weight * layer
+        parts = {"distill/unlabelled_kl": kl.detach(), "distill/unlabelled_layer": layer.detach()}
+        return loss, parts
