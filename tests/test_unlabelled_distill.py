@@ -110,6 +110,9 @@ def test_fisher_job_with_the_layer_loss(tmp_path, tiny_bert_dir, data):  # noqa:
     assert final and all(r["distill/unlabelled_layer"] > 0 for r in final)
     assert on.report["distill_unlabelled_layer"] == 1.0
     assert kl.report["distill_unlabelled_layer"] == 0.0
+    (source,) = on.report["unlabelled"]  # described as distilled texts, not as MLM
+    assert not any("MLM" in n for n in source["notes"])
+    assert any("dropped: the budget's training texts" in n for n in source["notes"])
     card = (on.out_dir / "README.md").read_text()
     assert "hidden states layer by layer, weight 1.0" in card
     sa, sb = kl.model.state_dict(), on.model.state_dict()

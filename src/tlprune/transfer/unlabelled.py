@@ -35,5 +35,9 @@ def load_unlabelled(specs: list[str], task: Any, budget: Any, seed: int) -> list
                 f"unlabelled source {spec!r} has no texts beyond the budget's own: give a "
                 "source with other texts, or leave --unlabelled out"
             )
-        out.append(Unlabelled(name=name, texts=texts, notes=list(aux.notes)))
+        # load_aux describes the texts as an MLM auxiliary's; here they are distilled on
+        notes = [n.removeprefix("MLM on ") for n in aux.notes]
+        if dropped := len(aux.rows) - len(texts):
+            notes.append(f"{dropped} of them dropped: the budget's training texts")
+        out.append(Unlabelled(name=name, texts=texts, notes=notes))
     return out
