@@ -112,7 +112,7 @@ def test_fisher_job_with_the_layer_loss(tmp_path, tiny_bert_dir, data):  # noqa:
     assert kl.report["distill_unlabelled_layer"] == 0.0
     (source,) = on.report["unlabelled"]  # described as distilled texts, not as MLM
     assert not any("MLM" in n for n in source["notes"])
-    assert any("dropped: the budget's training texts" in n for n in source["notes"])
+    assert any("dropped: the budget's own training texts" in n for n in source["notes"])
     card = (on.out_dir / "README.md").read_text()
     assert "hidden states layer by layer, weight 1.0" in card
     sa, sb = kl.model.state_dict(), on.model.state_dict()
@@ -134,3 +134,31 @@ def test_layer_loss_alone_still_distils(tmp_path, tiny_bert_dir, data):  # noqa:
     assert run.report["distill"] and run.report["distill_unlabelled"] == 0.0
     rows = [json.loads(x) for x in (run.out_dir / "log.jsonl").read_text().splitlines()]
     assert any("distill/unlabelled_layer" in r for r in rows)
+
+
+@pytest.mark.parametrize("teacher_mode", ["eval", "train"])
+def test_a_student_equal_to_its_teacher_has_no_layer_error(tiny_bert_dir, teacher_mode):
+    """Through the call path: a Hugging Face BERT teacher and its tlprune conversion as the
+    student (same function), the teacher even left in train mode: the layer term is ~0, so
+    states and inputs line up layer by layer."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tlprune.arch import from_hf
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    student = from_hf(copy.deepcopy(teacher)).eval()
+    getattr(teacher, teacher_mode)()
+    collate = ClassificationCollator(AutoTokenizer.from_pretrained(tiny_bert_dir), 16)
+    texts = ["good film", "bad phone really, never again", "fine", "it was great fun"]
+    d = UnlabelledDistill(torch.zeros(4, teacher.config.num_labels), texts, collate, 4, 1.0,
+                          2.0, seed=0, teacher=teacher, layer_weight=1.0)  # fmt: skip
+    _, parts = d(student)
+    assert parts["distill/unlabelled_layer"] < 1e-10
+
+
+def test_a_negative_layer_weight_is_refused():
+    from tlprune.config import DistillConfig
+    from tlprune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distill weights must be >= 0"):
+        DistillConfig(unlabelled_layer_weight=-1.0)

@@ -182,7 +182,8 @@ class DistillConfig:
     kl_weight: float = 0.1  # logit KL (CoFi's distill_ce_loss_alpha)
     layer_weight: float = 0.9  # layerwise hidden-state MSE (CoFi's distill_loss_alpha)
     # fisher-ft: logit KL to the dense model on batches of data.unlabelled texts beside the
-    # labelled batch (hard-label CE) in the final fine-tune; 0 = off (no batch is drawn)
+    # labelled batch (hard-label CE) in the final fine-tune; 0 = off (with
+    # unlabelled_layer_weight also 0, no batch is drawn)
     unlabelled_weight: float = 1.0
     unlabelled_batch_size: int = 64
     # and hidden-state distillation on the same batches: the relative MSE of every layer's

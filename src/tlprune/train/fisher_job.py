@@ -135,6 +135,7 @@ def run_fisher(cfg: RunConfig, resume: bool = False) -> RunResult:
             heldout=heldout,
         )
         small = accelerator.unwrap_model(small).cpu()
+        teacher.cpu()  # the layer loss ran it on the training device
         final_dev, final_steps = loop.best_dev, loop.steps
         seconds["final"] = time.perf_counter() - t0
     logits, labels = predict(small, test_loader, desc="test")
@@ -165,7 +166,8 @@ def _check_holdout(cfg: RunConfig, texts: int) -> None:
         raise TlpruneError(
             "distill.agreement_texts holds out unlabelled texts of the final fine-tune's "
             "distillation: give --unlabelled SOURCE, fisher.final=true and "
-            "distill.unlabelled_weight > 0, or set distill.agreement_texts=0"
+            "distill.unlabelled_weight (or unlabelled_layer_weight) > 0, or set "
+            "distill.agreement_texts=0"
         )
     if held >= texts:
         raise TlpruneError(

@@ -87,7 +87,11 @@ class UnlabelledDistill:
         out = model(**batch, output_hidden_states=True)
         kl = logit_kl(out.logits.float(), self.logits[idx].to(device), self.temperature)
         self.teacher.to(device).eval()
-        with torch.no_grad():
+        # the teacher at the student's precision (Accelerate autocasts the student's forward
+        # only); in float32 the autocast is off and this is a plain forward
+        dtype = out.hidden_states[-1].dtype
+        half = dtype in (torch.float16, torch.bfloat16)
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=half):
             target = self.teacher(**batch, output_hidden_states=True).hidden_states
         layer = layer_mse(out.hidden_states, target, batch["attention_mask"])
         loss = self.weight * kl + self.layer_weight * layer

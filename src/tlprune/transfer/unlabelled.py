@@ -38,6 +38,6 @@ def load_unlabelled(specs: list[str], task: Any, budget: Any, seed: int) -> list
         # load_aux describes the texts as an MLM auxiliary's; here they are distilled on
         notes = [n.removeprefix("MLM on ") for n in aux.notes]
         if dropped := len(aux.rows) - len(texts):
-            notes.append(f"{dropped} of them dropped: the budget's training texts")
+            notes.append(f"{dropped} texts dropped: the budget's own training texts")
         out.append(Unlabelled(name=name, texts=texts, notes=notes))
     return out
