@@ -96,7 +96,7 @@ def test_study_runs_stages_resumes_and_reports(tmp_path, tiny_bert_dir, data, ca
     assert main(["report", str(out)]) == 0
     rep = out / "report"
     md = (rep / "report.md").read_text()
-    assert "Recommended recipe (chosen on dev accuracy over the" in md
+    assert "Best recipe beyond the baselines (chosen on dev accuracy over the" in md
     assert "vs finetune: t 95%" in md
     assert "**how**:" in md
     page = (rep / "report.html").read_text()
