@@ -195,6 +195,11 @@ class DistillConfig:
     agreement_texts: int = 0
     select: str = "dev_loss"  # dev_loss | agreement (needs agreement_texts > 0)
 
+    @property
+    def on_unlabelled(self) -> bool:
+        """Whether a term reads the unlabelled batches (logit KL or layer states)."""
+        return self.unlabelled_weight > 0 or self.unlabelled_layer_weight > 0
+
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"distill.temperature must be positive, got {self.temperature}")

@@ -161,8 +161,7 @@ def _check_holdout(cfg: RunConfig, texts: int) -> None:
     held, dc = cfg.distill.agreement_texts, cfg.distill
     if not held:
         return
-    if not (cfg.fisher.final and max(dc.unlabelled_weight, dc.unlabelled_layer_weight) > 0
-            and texts):  # fmt: skip
+    if not (cfg.fisher.final and dc.on_unlabelled and texts):
         raise TlpruneError(
             "distill.agreement_texts holds out unlabelled texts of the final fine-tune's "
             "distillation: give --unlabelled SOURCE, fisher.final=true and "
@@ -267,9 +266,7 @@ class _Run:
 
     def _distils(self, unlabelled) -> bool:
         """Whether the final fine-tune reads the unlabelled texts (and so all their logits)."""
-        dc = self.cfg.distill
-        weighted = dc.unlabelled_weight > 0 or dc.unlabelled_layer_weight > 0
-        return self.cfg.fisher.final and weighted and bool(unlabelled)
+        return self.cfg.fisher.final and self.cfg.distill.on_unlabelled and bool(unlabelled)
 
     def unlabelled_distill(self, teacher, unlabelled):
         """The final fine-tune's distillation on unlabelled texts and its held-out selection

@@ -80,20 +80,23 @@ class UnlabelledDistill:
         idx = self._next()
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in self._batch(idx).items()}
-        if not self.layer_weight:
-            student = model(**batch).logits.float()
-            kl = logit_kl(student, self.logits[idx].to(device), self.temperature)
-            return self.weight * kl, {"distill/unlabelled_kl": kl.detach()}
-        out = model(**batch, output_hidden_states=True)
+        out = model(**batch, output_hidden_states=bool(self.layer_weight))
         kl = logit_kl(out.logits.float(), self.logits[idx].to(device), self.temperature)
+        loss, parts = self.weight * kl, {"distill/unlabelled_kl": kl.detach()}
+        if self.layer_weight:
+            layer = layer_mse(
+                out.hidden_states, self._teacher_states(batch, out), batch["attention_mask"]
+            )
+            loss = loss + self.layer_weight * layer
+            parts["distill/unlabelled_layer"] = layer.detach()
+        return loss, parts
+
+    def _teacher_states(self, batch: dict, out: Any) -> tuple:
+        """The teacher's hidden states on the batch, at the student's precision (Accelerate
+        autocasts the student's forward only; in float32 the autocast is off)."""
+        device = batch["input_ids"].device
         self.teacher.to(device).eval()
-        # the teacher at the student's precision (Accelerate autocasts the student's forward
-        # only); in float32 the autocast is off and this is a plain forward
         dtype = out.hidden_states[-1].dtype
         half = dtype in (torch.float16, torch.bfloat16)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=half):
-            target = self.teacher(**batch, output_hidden_states=True).hidden_states
-        layer = layer_mse(out.hidden_states, target, batch["attention_mask"])
-        loss = self.weight * kl + self.layer_weight * layer
-        parts = {"distill/unlabelled_kl": kl.detach(), "distill/unlabelled_layer": layer.detach()}
-        return loss, parts
+            return self.teacher(**batch, output_hidden_states=True).hidden_states
