@@ -237,10 +237,19 @@ class FisherConfig:
     layer_floor: float = 0.0
     final: bool = False  # fine-tune the small model afterwards (prune.final)
     batch_size: int = 32
+    # gradual: sparsities reached first, in order, each followed by a fine-tune of
+    # step_epochs (prune.final's recipe, distillation included); later steps keep only
+    # units the earlier ones kept. []: one step to prune.sparsity
+    steps: list[float] = field(default_factory=list)
+    step_epochs: float = 10.0
 
     def __post_init__(self) -> None:
         if self.examples < 1 or self.tune_examples < 1 or self.batch_size < 1:
             raise ConfigError("fisher.examples, tune_examples and batch_size must be >= 1")
+        if any(not 0.0 < s < 1.0 for s in self.steps) or self.steps != sorted(set(self.steps)):
+            raise ConfigError(f"fisher.steps are increasing sparsities in (0, 1), got {self.steps}")
+        if self.step_epochs <= 0:
+            raise ConfigError(f"fisher.step_epochs must be > 0, got {self.step_epochs}")
         if self.damping <= 0:  # a unit that is always 0 makes the normal equations singular
             raise ConfigError(f"fisher.damping must be > 0, got {self.damping}")
         if not 0.0 <= self.layer_floor <= 1.0:

@@ -124,17 +124,26 @@ def layer_floor_counts(sizes: UnitSizes, budget: int, floor: float) -> tuple[int
 
 
 def search_masks(
-    diag: dict[str, Tensor], sizes: UnitSizes, budget: int, floor: float = 0.0
+    diag: dict[str, Tensor],
+    sizes: UnitSizes,
+    budget: int,
+    floor: float = 0.0,
+    allowed: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Head and FFN-unit masks whose prunable size is <= budget < size + one FFN unit (when
     FFN units are left to add), keeping the most diagonal-Fisher importance: for every number
     of heads n, the n best heads and as many of the best FFN units as the rest of the budget
     holds; the n with the largest kept importance wins. With `floor` > 0 every layer keeps its
     `layer_floor_counts` best heads and units whatever their scores: the diagonal Fisher adds
-    up removals one by one and can empty whole layers whose joint removal it does not see."""
+    up removals one by one and can empty whole layers whose joint removal it does not see.
+    `allowed` (0/1 masks in gate shapes): only those units can be kept, e.g. the survivors of
+    an earlier step of gradual pruning."""
     hc, uc = sizes.head_params(), sizes.ffn_unit_params()
     min_heads, min_units = layer_floor_counts(sizes, budget, floor)
     layers = diag["head"].shape[0]
+    limit = {k: diag[k].numel() for k in ("head", "ffn_unit")}
+    if allowed is not None:
+        diag, limit = _restrict(diag, allowed, {"head": min_heads, "ffn_unit": min_units})
     head_order = _priority(diag["head"], min_heads)
     unit_order = _priority(diag["ffn_unit"], min_units)
     head_sorted = diag["head"].flatten()[head_order].double()
@@ -142,11 +151,11 @@ def search_masks(
     head_cum = torch.cat([head_sorted.new_zeros(1), head_sorted.cumsum(0)])
     unit_cum = torch.cat([unit_sorted.new_zeros(1), unit_sorted.cumsum(0)])
     best, best_n = None, 0
-    for n in range(layers * min_heads, head_sorted.numel() + 1):
+    for n in range(layers * min_heads, limit["head"] + 1):
         room = budget - n * hc
         if room < 0:
             break
-        units = min(room // uc, unit_sorted.numel())
+        units = min(room // uc, limit["ffn_unit"])
         if units < layers * min_units:
             break
         kept = head_cum[n] + unit_cum[units]
@@ -154,11 +163,25 @@ def search_masks(
             best, best_n = kept, n
     if best is None:
         raise ValueError(f"a layer floor of {floor} does not fit in a budget of {budget}")
-    n_units = min((budget - best_n * hc) // uc, unit_sorted.numel())
+    n_units = min((budget - best_n * hc) // uc, limit["ffn_unit"])
     return {
         "head": _first(head_order, best_n, diag["head"]),
         "ffn_unit": _first(unit_order, int(n_units), diag["ffn_unit"]),
     }
+
+
+def _restrict(diag: dict[str, Tensor], allowed: dict[str, Tensor], floors: dict[str, int]):
+    """Scores with the units outside `allowed` last (-inf), and how many units may be kept."""
+    out, limit = {}, {}
+    for kind in ("head", "ffn_unit"):
+        keep = allowed[kind].bool()
+        if int(keep.sum(1).min()) < floors[kind]:
+            raise ValueError(
+                f"a layer has fewer allowed {kind}s than the layer floor of {floors[kind]}"
+            )
+        out[kind] = torch.where(keep, diag[kind], torch.full_like(diag[kind], -math.inf))
+        limit[kind] = int(keep.sum())
+    return out, limit
 
 
 def _first(order: Tensor, k: int, like: Tensor) -> Tensor:
@@ -174,18 +197,23 @@ def removal_cost(fisher: Tensor, mask: Tensor) -> float:
     return float(z @ fisher.double() @ z)
 
 
-def rearrange_layer(fisher: Tensor, mask: Tensor, max_swaps: int | None = None) -> Tensor:
+def rearrange_layer(
+    fisher: Tensor, mask: Tensor, max_swaps: int | None = None, allowed: Tensor | None = None
+) -> Tensor:
     """Swap kept and removed units of one layer (their number unchanged) while a swap lowers
-    1_Z^T I 1_Z, the best swap first: the off-diagonal Fisher, which the search ignores."""
+    1_Z^T I 1_Z, the best swap first: the off-diagonal Fisher, which the search ignores. Only
+    units where `allowed` is 1 are brought back."""
     I = fisher.double()  # noqa: E741 - the Fisher matrix
     mask = mask.clone()
     diag = torch.diagonal(I)
     limit = mask.numel() if max_swaps is None else max_swaps
     for _ in range(limit):
-        removed, kept = (mask == 0).nonzero().flatten(), (mask == 1).nonzero().flatten()
+        gone = (mask == 0).nonzero().flatten()
+        removed = gone if allowed is None else ((mask == 0) & allowed.bool()).nonzero().flatten()
+        kept = (mask == 1).nonzero().flatten()
         if removed.numel() == 0 or kept.numel() == 0:
             break
-        r = I[:, removed].sum(1)  # I 1_Z
+        r = I[:, gone].sum(1)  # I 1_Z
         # bring i back (i in Z), remove j (j kept): the change of 1_Z^T I 1_Z
         out_i = -2 * r[removed] + diag[removed]
         in_j = 2 * r[kept] + diag[kept]
@@ -198,16 +226,22 @@ def rearrange_layer(fisher: Tensor, mask: Tensor, max_swaps: int | None = None) 
     return mask
 
 
-def rearrange(grads: MaskGrads, masks: dict[str, Tensor], max_swaps: int | None = None):
-    """`rearrange_layer` on every layer's heads and FFN units; returns the masks and the
-    per-kind removal cost before and after."""
+def rearrange(
+    grads: MaskGrads,
+    masks: dict[str, Tensor],
+    max_swaps: int | None = None,
+    allowed: dict[str, Tensor] | None = None,
+):
+    """`rearrange_layer` on every layer's heads and FFN units (bringing back only `allowed`
+    units); returns the masks and the per-kind removal cost before and after."""
     out, costs = {}, {}
     for kind in ("head", "ffn_unit"):
         g = getattr(grads, kind).double()  # [N, L, u]
         rows, before, after = [], 0.0, 0.0
         for layer in range(g.shape[1]):
             fisher = g[:, layer].T @ g[:, layer]
-            new = rearrange_layer(fisher, masks[kind][layer], max_swaps)
+            back = None if allowed is None else allowed[kind][layer]
+            new = rearrange_layer(fisher, masks[kind][layer], max_swaps, back)
             before += removal_cost(fisher, masks[kind][layer])
             after += removal_cost(fisher, new)
             rows.append(new.to(masks[kind].dtype))

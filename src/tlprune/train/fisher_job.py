@@ -78,6 +78,7 @@ def _prepare(cfg: RunConfig, out: Path, resume: bool):
         for u in unlabelled:
             u.texts = u.texts[:SMOKE_EXAMPLES]
     _check_holdout(cfg, len({t for u in unlabelled for t in u.texts}))
+    _check_steps(cfg)
     if cfg.train.mixed_precision != cfg.prune.final.mixed_precision:
         raise TlpruneError(
             "train.mixed_precision and prune.final.mixed_precision differ: one run uses one "
@@ -172,6 +173,23 @@ def _check_holdout(cfg: RunConfig, texts: int) -> None:
         raise TlpruneError(
             f"distill.agreement_texts={held} holds out all {texts} unlabelled texts and leaves "
             f"none to distil on: set it below {texts} (e.g. {max(1, texts // 5)})"
+        )
+
+
+def _check_steps(cfg: RunConfig) -> None:
+    """Gradual steps lie below the target and need a layer floor: between steps the pruned
+    units are zeros in the dense-shaped model, which equals the small one only while every
+    layer keeps a head and an FFN unit."""
+    fc = cfg.fisher
+    if fc.steps and fc.steps[-1] >= cfg.prune.sparsity:
+        raise TlpruneError(
+            f"fisher.steps {fc.steps} must lie below prune.sparsity={cfg.prune.sparsity}: "
+            "they are the sparsities reached before it"
+        )
+    if fc.steps and fc.layer_floor <= 0:
+        raise TlpruneError(
+            "fisher.steps needs fisher.layer_floor > 0 (every layer keeps heads and FFN units "
+            "between steps): set fisher.layer_floor=0.5, or fisher.steps=[]"
         )
 
 
@@ -343,7 +361,33 @@ class _Run:
             yield self.collate(rows[i : i + bs])
 
     def prune(self, teacher, unlabelled):
-        """Scores, search, rearrangement, tuning, surgery: the small model and its masks."""
+        """Scores, search, rearrangement, tuning, surgery: the small model and its masks. With
+        `fisher.steps`, gradually: each step's sparsity first, then a fine-tune of the
+        dense-shaped model with the pruned units held at zero, and the next step scored on it
+        and restricted to the units it kept."""
+        from tlprune.surgery import prune_model
+
+        # a copy: tuning and folding rewrite its weights, and the teacher still distils later
+        dense = copy.deepcopy(_as_tlprune(teacher)).eval()
+        allowed, steps = None, []
+        for i, sparsity in enumerate(self.cfg.fisher.steps):
+            masks, info = self._masks(dense, teacher, unlabelled, sparsity, allowed)
+            tuned = self._step_tune(dense, masks, teacher, unlabelled, i)
+            steps.append({**info["sparsity"], **tuned})
+            allowed = masks
+        masks, info = self._masks(dense, teacher, unlabelled, self.cfg.prune.sparsity, allowed)
+        if steps:
+            info["steps"] = steps
+        small = prune_model(dense, masks)
+        log = MetricsLog(self.log_path, self.accelerator)
+        counts = info["scored"]
+        log.write({"phase": "fisher", "step": 0, **{f"scored/{k}": v for k, v in counts.items()}})
+        log.close()
+        return small, masks, info
+
+    def _masks(self, dense, teacher, unlabelled, sparsity: float, allowed):
+        """One step: Fisher scores of `dense` as it is now, the masks at `sparsity` (among the
+        `allowed` units), rearranged, tuned towards `dense` itself and folded into it."""
         from tlprune.arch import unit_sizes
         from tlprune.gates.fisher import (
             collect_mask_grads,
@@ -353,21 +397,18 @@ class _Run:
         )
         from tlprune.gates.mask_tuning import fold_scales, tune_masks
         from tlprune.gates.size import exact_size
-        from tlprune.surgery import prune_model
 
         fc = self.cfg.fisher
-        # a copy: tuning and folding rewrite its weights, and the teacher still distils later
-        dense = copy.deepcopy(_as_tlprune(teacher)).eval()
         sizes = unit_sizes(dense.config)
-        budget = math.floor((1 - self.cfg.prune.sparsity) * sizes.full_size)
+        budget = math.floor((1 - sparsity) * sizes.full_size)
         rows, counts = self._scoring_rows(teacher, unlabelled)
         grads = collect_mask_grads(dense, self._batches(rows))
-        masks = search_masks(grads.diagonal(), sizes, budget, fc.layer_floor)
+        masks = search_masks(grads.diagonal(), sizes, budget, fc.layer_floor, allowed)
         info: dict[str, Any] = {"scored": counts, "rearrange": None, "tune": None}
         min_heads, min_units = layer_floor_counts(sizes, budget, fc.layer_floor)
         info["layer_floor"] = {"floor": fc.layer_floor, "heads": min_heads, "ffn_units": min_units}
         if fc.rearrange:
-            masks, info["rearrange"] = rearrange(grads, masks)
+            masks, info["rearrange"] = rearrange(grads, masks, allowed=allowed)
         tuned = {k: v.clone() for k, v in masks.items()}
         if fc.tune:
             tune_rows = rows[: fc.tune_examples]
@@ -381,20 +422,55 @@ class _Run:
                 "per_sublayer": {k: [stats.before[k], stats.after[k]] for k in stats.before},
             }
         fold_scales(dense, tuned)
-        small = prune_model(dense, masks)
         kept = exact_size(masks, sizes)
         info["sparsity"] = {
-            "target": self.cfg.prune.sparsity,
+            "target": sparsity,
             "achieved": 1 - kept / sizes.full_size,
             "expected_at_end": None,  # no gates: nothing is expected, the masks are chosen
             "budget_params": budget,
             "kept_params": kept,
             "notes": [],
         }
-        log = MetricsLog(self.log_path, self.accelerator)
-        log.write({"phase": "fisher", "step": 0, **{f"scored/{k}": v for k, v in counts.items()}})
-        log.close()
-        return small, masks, info
+        return masks, info
+
+    def _step_tune(self, dense, masks, teacher, unlabelled, index: int) -> dict:
+        """The fine-tune after an intermediate step: `dense` with its pruned units at zero and
+        held there, prune.final's recipe for fisher.step_epochs (its distillation too), kept at
+        its best dev loss; what it reached."""
+        from tlprune.gates.fixed_masks import hold_pruned, zero_pruned
+
+        t0 = time.perf_counter()
+        zero_pruned(dense, masks)
+        dev_loader, _ = self.eval_loaders()
+        before = evaluate(dense, dev_loader, self.task.num_labels)
+        step_cfg = dataclasses.replace(self.cfg.prune.final, epochs=self.cfg.fisher.step_epochs)
+        train_dl, dev_dl, _ = self.loaders(5 + index, step_cfg)
+        distill, _ = self.unlabelled_distill(teacher, unlabelled)
+        handles = hold_pruned(dense, masks)
+        try:
+            loop = train_classifier(
+                dense,
+                train_dl,
+                dev_dl,
+                step_cfg,
+                self.accelerator,
+                self.log_path,
+                desc=f"step {index + 1}",
+                extra_loss=distill,
+            )
+        finally:
+            for h in handles:
+                h.remove()
+        # the same module, trained in place; without the mixed-precision forward wrapper
+        model = self.accelerator.unwrap_model(dense, keep_fp32_wrapper=False)
+        model.cpu().eval()
+        teacher.cpu()
+        return {
+            "dev_before": before,
+            "dev_after": evaluate(model, dev_loader, self.task.num_labels),
+            "fine_tune_steps": loop.steps,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
 
     def report(self, small, teacher, masks, info, teacher_info, unlabelled) -> dict:
         from tlprune.surgery import param_report
