@@ -158,6 +158,8 @@ def test_gradual_job_prunes_within_the_kept_units_and_reports_each_step(
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert any(r.get("phase") == "step 1" and "distill/unlabelled_kl" in r for r in rows)
     assert report["sparsity"]["target"] == 0.5
+    card = (out / "README.md").read_text()
+    assert "| gradual pruning | 0.30 (dev accuracy " in card and "-> 0.50 |" in card
     assert result.model.config.model_type == "tlprune"
 
 

@@ -70,6 +70,13 @@ def _teacher_rows(report: dict) -> list[str]:
             f"| dense model (teacher) | {t['dir']} ({t.get('recipe', '')}): dev accuracy "
             f"{t['dev']['accuracy']:.4f}, test accuracy {t['test']['accuracy']:.4f} |"
         )
+    if steps := (report.get("fisher") or {}).get("steps"):
+        path = " -> ".join(
+            f"{s['target']:.2f} (dev accuracy {s['dev_after']['accuracy']:.4f} after "
+            f"{s['fine_tune_steps']} steps)"
+            for s in steps
+        )
+        rows.append(f"| gradual pruning | {path} -> {report['sparsity']['target']:.2f} |")
     for u in report.get("unlabelled", []):
         rows.append(f"| unlabelled texts | {u['name']}: {u['texts']:,} |")
     kl, layer = report.get("distill_unlabelled"), report.get("distill_unlabelled_layer")
