@@ -46,12 +46,17 @@ def test_zeroed_dense_model_computes_the_surgered_model(tiny_bert_dir):
     assert not torch.allclose(zeroed, dense_out, atol=1e-3)  # the units did contribute
 
 
-def test_a_layer_without_heads_is_refused(tiny_bert_dir):
+def test_an_emptied_sublayer_still_equals_surgery(tiny_bert_dir):
+    """Surgery keeps an emptied sublayer's bias and LayerNorm, as the zeroed weights do."""
     model = _dense(tiny_bert_dir)
-    masks, _, _ = _masks(model, 0.5)
+    masks, _, _ = _masks(model, 0.5, floor=0.0)
     masks["head"][0] = 0
-    with pytest.raises(ValueError, match="keeps no head"):
+    masks["ffn_unit"][1] = 0
+    batch = {k: v for k, v in _batches(1, seed=3)[0].items() if k != "labels"}
+    with torch.no_grad():
         zero_pruned(model, masks)
+        small = prune_model(model, masks).eval()
+        assert torch.allclose(small(**batch).logits, model(**batch).logits, atol=1e-5)
 
 
 def test_held_units_stay_exactly_zero_under_adamw(tiny_bert_dir):
@@ -104,15 +109,38 @@ def test_restricted_search_refuses_a_floor_the_allowed_units_cannot_meet(tiny_be
 
 
 def test_rearrangement_brings_back_only_allowed_units():
-    # unit 2 (removed) pairs with unit 0 (removed): bringing 2 back and removing 1 pays
+    # removed: 0, 2, 4; 4 may not come back but still counts in 1_Z^T I 1_Z: removing 1
+    # while 4 is removed costs 2 * 3 more, so the best allowed swap is 0 in, 3 out
     fisher = torch.tensor(
-        [[1.0, 0.0, 3.0, 0.0], [0.0, 0.1, 0.0, 0.0], [3.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 5.0]]
+        [
+            [1.0, 0.0, 3.0, 0.0, 0.0],
+            [0.0, 0.1, 0.0, 0.0, 3.0],
+            [3.0, 0.0, 2.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 5.0, 0.0],
+            [0.0, 3.0, 0.0, 0.0, 0.5],
+        ]
     )
-    mask = torch.tensor([0.0, 1.0, 0.0, 1.0])
-    free = rearrange_layer(fisher, mask)
-    assert free[2] == 1 or free[0] == 1  # unrestricted: a removed unit comes back
-    held = rearrange_layer(fisher, mask, allowed=torch.tensor([0.0, 1.0, 0.0, 1.0]))
-    assert torch.equal(held, mask)
+    mask = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])
+
+    def cost(m):
+        return float((1 - m) @ fisher @ (1 - m))
+
+    def best_swap(allowed):  # brute force over one swap
+        options = []
+        for i in (m for m in range(5) if mask[m] == 0 and allowed[m]):
+            for j in (m for m in range(5) if mask[m] == 1):
+                new = mask.clone()
+                new[i], new[j] = 1.0, 0.0
+                options.append((cost(new), new))
+        return min(options, key=lambda o: o[0])[1]
+
+    everything = torch.ones(5)
+    free = rearrange_layer(fisher, mask, max_swaps=1)
+    assert torch.equal(free, best_swap(everything)) and free[2] == 1  # 2 in, 3 out
+    allowed = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0])
+    held = rearrange_layer(fisher, mask, max_swaps=1, allowed=allowed)
+    assert torch.equal(held, best_swap(allowed))
+    assert held.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0] and cost(held) < cost(mask)
 
 
 def test_steps_must_increase_within_zero_and_one():
@@ -163,11 +191,30 @@ def test_gradual_job_prunes_within_the_kept_units_and_reports_each_step(
     assert result.model.config.model_type == "tlprune"
 
 
+def test_two_steps_each_within_the_last_and_step_epochs_sets_their_length(
+    tmp_path, tiny_bert_dir, data
+):
+    out = tmp_path / "run"
+    cfg = _fisher_cfg(
+        tiny_bert_dir, data, out, "fisher.final=true", "fisher.steps=[0.2, 0.35]",
+        "fisher.step_epochs=2", "prune.final.max_steps=null", "prune.final.epochs=1",
+    )  # fmt: skip
+    run_fisher(cfg)
+    report = json.loads((out / "prune_report.json").read_text())
+    first, second = report["fisher"]["steps"]
+    assert [first["target"], second["target"]] == [0.2, 0.35]
+    assert first["kept_params"] > second["kept_params"] > report["sparsity"]["kept_params"]
+    # 48 training texts, batch 64: one batch an epoch
+    assert first["fine_tune_steps"] == second["fine_tune_steps"] == 2
+    assert report["steps"]["final"] == 1
+    assert "tune" in first and "scored" in first and "expected_at_end" not in first
+
+
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["fisher.steps=[0.6]"], "below prune.sparsity"),
-        (["fisher.steps=[0.3]", "fisher.layer_floor=0"], "fisher.layer_floor > 0"),
+        (["fisher.steps=[0.6]", "fisher.final=true"], "below prune.sparsity"),
+        (["fisher.steps=[0.3]"], "fisher.final=true"),
     ],
 )
 def test_bad_steps_give_one_line_and_write_nothing(

@@ -238,8 +238,8 @@ class FisherConfig:
     final: bool = False  # fine-tune the small model afterwards (prune.final)
     batch_size: int = 32
     # gradual: sparsities reached first, in order, each followed by a fine-tune of
-    # step_epochs (prune.final's recipe, distillation included); later steps keep only
-    # units the earlier ones kept. []: one step to prune.sparsity
+    # step_epochs (prune.final's recipe, distillation included; needs final: true); later
+    # steps keep only units the earlier ones kept. []: one step to prune.sparsity
     steps: list[float] = field(default_factory=list)
     step_epochs: float = 10.0
 

@@ -177,19 +177,17 @@ def _check_holdout(cfg: RunConfig, texts: int) -> None:
 
 
 def _check_steps(cfg: RunConfig) -> None:
-    """Gradual steps lie below the target and need a layer floor: between steps the pruned
-    units are zeros in the dense-shaped model, which equals the small one only while every
-    layer keeps a head and an FFN unit."""
+    """Gradual steps lie below the target, and fine-tune with the final fine-tune's recipe."""
     fc = cfg.fisher
     if fc.steps and fc.steps[-1] >= cfg.prune.sparsity:
         raise TlpruneError(
             f"fisher.steps {fc.steps} must lie below prune.sparsity={cfg.prune.sparsity}: "
             "they are the sparsities reached before it"
         )
-    if fc.steps and fc.layer_floor <= 0:
+    if fc.steps and not fc.final:
         raise TlpruneError(
-            "fisher.steps needs fisher.layer_floor > 0 (every layer keeps heads and FFN units "
-            "between steps): set fisher.layer_floor=0.5, or fisher.steps=[]"
+            "fisher.steps fine-tunes after each step with the final fine-tune's recipe: set "
+            "fisher.final=true (the fisher-ft, fisher-stilts and transfer presets have it)"
         )
 
 
@@ -372,8 +370,10 @@ class _Run:
         allowed, steps = None, []
         for i, sparsity in enumerate(self.cfg.fisher.steps):
             masks, info = self._masks(dense, teacher, unlabelled, sparsity, allowed)
+            sp = info.pop("sparsity")
+            size = {k: sp[k] for k in ("target", "achieved", "budget_params", "kept_params")}
             tuned = self._step_tune(dense, masks, teacher, unlabelled, i)
-            steps.append({**info["sparsity"], **tuned})
+            steps.append({**size, **tuned, **info})
             allowed = masks
         masks, info = self._masks(dense, teacher, unlabelled, self.cfg.prune.sparsity, allowed)
         if steps:
@@ -435,8 +435,9 @@ class _Run:
 
     def _step_tune(self, dense, masks, teacher, unlabelled, index: int) -> dict:
         """The fine-tune after an intermediate step: `dense` with its pruned units at zero and
-        held there, prune.final's recipe for fisher.step_epochs (its distillation too), kept at
-        its best dev loss; what it reached."""
+        held there, prune.final's recipe for fisher.step_epochs (its distillation too; its
+        max_steps, where set, caps this one as well), kept at its best dev loss; what it
+        reached."""
         from tlprune.gates.fixed_masks import hold_pruned, zero_pruned
 
         t0 = time.perf_counter()
@@ -465,6 +466,7 @@ class _Run:
         model = self.accelerator.unwrap_model(dense, keep_fp32_wrapper=False)
         model.cpu().eval()
         teacher.cpu()
+        self.accelerator.free_memory()  # the step's optimizer state, before the final tune
         return {
             "dev_before": before,
             "dev_after": evaluate(model, dev_loader, self.task.num_labels),

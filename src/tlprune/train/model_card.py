@@ -73,7 +73,7 @@ def _teacher_rows(report: dict) -> list[str]:
     if steps := (report.get("fisher") or {}).get("steps"):
         path = " -> ".join(
             f"{s['target']:.2f} (dev accuracy {s['dev_after']['accuracy']:.4f} after "
-            f"{s['fine_tune_steps']} steps)"
+            f"{s['fine_tune_steps']} optimizer steps)"
             for s in steps
         )
         rows.append(f"| gradual pruning | {path} -> {report['sparsity']['target']:.2f} |")
