@@ -469,7 +469,7 @@ class _Run:
         self.accelerator.free_memory()  # the step's optimizer state, before the final tune
         return {
             "dev_before": before,
-            "dev_after": evaluate(model, dev_loader, self.task.num_labels),
+            "dev_after": loop.best_dev,  # the kept state's, as the final fine-tune reports
             "fine_tune_steps": loop.steps,
             "seconds": round(time.perf_counter() - t0, 2),
         }
