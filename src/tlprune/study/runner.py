@@ -186,11 +186,11 @@ class _Runner:
         return result
 
     def _call(self, cell: Cell, args: list[str], slot: int, lock: int | None = None) -> None:
-        if self.record_only:
-            raise CellFailed(f"{cell.name}: not finished, and --record-only runs nothing")
         """One `tlprune` process; its output appended to the cell's log (one header a start).
         The process inherits the cell lock: if this worker dies, the lock lasts until the run
         itself ends, so a retry never runs beside an orphaned run."""
+        if self.record_only:
+            raise CellFailed(f"{cell.name}: not finished, and --record-only runs nothing")
         log = self.out / "logs" / f"{cell.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as fh:
